@@ -1,0 +1,148 @@
+"""The gateway's ASGI application: data plane on ``/model/…``, FastAPI for everything else.
+
+``create_app`` takes the validated config and its environment and builds the parts; the
+lifespan opens what needs the event loop (AWS credentials, upstream connection pools) and
+closes it on shutdown. No module-level state: ``app_from_env`` is the factory uvicorn's
+worker processes call.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from gateway.api.asgi import Receive, Scope, Send
+from gateway.api.dataplane import DataPlane
+from gateway.auth import Authenticator
+from gateway.catalog import Catalog
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    UnknownOperation,
+    ValidationError,
+    new_request_id,
+    render,
+)
+from gateway.metrics import Metrics
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.credentials import CredentialSource, open_source
+
+
+class _Credentials(dict[str, CredentialSource]):
+    """Credential sources by account, filled in by the lifespan."""
+
+
+class GatewayApp:
+    """Routes ``/model/…`` to the data plane and everything else to the control app."""
+
+    def __init__(self, dataplane: DataPlane, control: FastAPI) -> None:
+        self.dataplane = dataplane
+        self.control = control
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/model/"):
+            await self.dataplane(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+
+def _bedrock_error(error: GatewayError) -> Response:
+    status, headers, body = render(error, new_request_id())
+    return Response(body, status, {k.decode(): v.decode() for k, v in headers})
+
+
+def _control_app(
+    config: GatewayConfig,
+    metrics: Metrics,
+    credentials: _Credentials,
+    upstream: UpstreamClient,
+    environ: Mapping[str, str],
+) -> FastAPI:
+    ready: dict[str, str] = {"credentials": "starting"}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            for name, account in config.accounts.items():
+                credentials[name] = await open_source(name, account, environ)
+            ready["credentials"] = "ok"
+        except ConfigError as exc:
+            ready["credentials"] = str(exc)
+            raise
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    app = FastAPI(title="bedrock-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return _bedrock_error(UnknownOperation("No such operation on this gateway."))
+        return _bedrock_error(ValidationError(str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        return _bedrock_error(ValidationError(f"Invalid request: {exc.errors()[:3]}"))
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> Response:
+        return _bedrock_error(InternalError("The gateway failed to process the request."))
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/health/ready")
+    async def is_ready() -> JSONResponse:
+        ok = all(state == "ok" for state in ready.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "components": ready},
+                            status_code=200 if ok else 503)  # fmt: skip
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    wall_clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
+) -> GatewayApp:
+    """Build the gateway for ``config``. Raises ``ConfigError`` for missing secrets."""
+    environ = os.environ if environ is None else environ
+    metrics = metrics or Metrics()
+    credentials = _Credentials()
+    upstream = UpstreamClient(config.upstream, config.accounts, credentials, wall_clock)
+    dataplane = DataPlane(
+        catalog=Catalog(config.models),
+        authenticator=Authenticator(
+            config.tenants, environ, wall_clock, config.server.sigv4_max_skew_s
+        ),
+        upstream=upstream,
+        metrics=metrics,
+        max_body_bytes=config.server.max_body_bytes,
+    )
+    return GatewayApp(dataplane, _control_app(config, metrics, credentials, upstream, environ))
+
+
+def app_from_env() -> GatewayApp:
+    """Factory for uvicorn workers: the config path comes from ``GATEWAY_CONFIG``."""
+    path = os.environ.get("GATEWAY_CONFIG")
+    if not path:
+        raise ConfigError("GATEWAY_CONFIG is not set")
+    return create_app(load_config(path))

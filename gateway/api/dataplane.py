@@ -1,0 +1,201 @@
+"""The Bedrock Runtime data plane: ``POST /model/{modelId}/{operation}`` as a plain ASGI app.
+
+Per request: read the body (bounded), authenticate the tenant, resolve the model to its routes,
+check the body, forward the original bytes upstream and answer with the upstream's status,
+body and Bedrock headers plus ``x-gateway-route``. Every failure is answered in Bedrock's error
+shape; nothing escapes as a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import orjson
+
+from gateway.api.asgi import (
+    ClientDisconnected,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_response,
+    too_large,
+)
+from gateway.auth import Authenticator, Caller, RequestFacts
+from gateway.catalog import Catalog, Target
+from gateway.errors import (
+    AccessDenied,
+    GatewayError,
+    InternalError,
+    UnknownOperation,
+    ValidationError,
+    new_request_id,
+    render,
+)
+from gateway.metrics import Metrics
+from gateway.upstream.client import UpstreamClient
+
+log = logging.getLogger("gateway.access")
+
+OPERATIONS = {
+    "invoke": "InvokeModel",
+    "converse": "Converse",
+    "invoke-with-response-stream": "InvokeModelWithResponseStream",
+    "converse-stream": "ConverseStream",
+    "count-tokens": "CountTokens",
+}
+_NOT_YET = frozenset({"invoke-with-response-stream", "converse-stream", "count-tokens"})
+_FORWARDED_PREFIX = b"x-amzn-bedrock-"
+
+
+@dataclass(slots=True)
+class _Request:
+    operation: str
+    model_id: str
+    headers: Headers
+    content_type: str
+    accept: str
+    content_length: int | None
+
+
+def parse_target(raw_path: bytes) -> tuple[str, str]:
+    """``/model/<encoded id>/<operation>`` → (operation, decoded model id).
+
+    The id is taken from the raw path and split at the last ``/``: ARNs carry an encoded ``/``
+    that a decoded path would split on (BEDROCK.md §1).
+    """
+    rest = raw_path[len(b"/model/") :]
+    cut = rest.rfind(b"/")
+    operation = rest[cut + 1 :].decode("latin-1") if cut > 0 else ""
+    if operation not in OPERATIONS:
+        raise UnknownOperation(f"No Bedrock Runtime operation at POST {raw_path[:200]!r}.")
+    return operation, unquote(rest[:cut].decode("latin-1"))
+
+
+def _scan(scope: Scope) -> _Request:
+    operation, model_id = parse_target(scope["raw_path"])
+    content_type = accept = "application/json"
+    content_length = None
+    headers: Headers = scope["headers"]
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"accept":
+            accept = value.decode("latin-1")
+        elif name == b"content-length":
+            content_length = int(value) if value.isdigit() else None
+    return _Request(operation, model_id, headers, content_type, accept, content_length)
+
+
+def _upstream_headers(request: _Request) -> dict[str, str]:
+    headers = {"content-type": request.content_type}
+    if request.operation == "invoke":
+        headers["accept"] = request.accept
+    for name, value in request.headers:
+        if name.startswith(_FORWARDED_PREFIX):
+            headers[name.decode("latin-1")] = value.decode("latin-1")
+    return headers
+
+
+def _check_body(body: bytes) -> dict[str, object]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        message = f"Malformed input request: the body is not valid JSON ({exc})."
+        raise ValidationError(message) from None
+    if not isinstance(document, dict):
+        raise ValidationError("Malformed input request: the body must be a JSON object.")
+    return document
+
+
+class DataPlane:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        authenticator: Authenticator,
+        upstream: UpstreamClient,
+        metrics: Metrics,
+        max_body_bytes: int,
+    ) -> None:
+        self._catalog = catalog
+        self._auth = authenticator
+        self._upstream = upstream
+        self._metrics = metrics
+        self._max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = new_request_id()
+        outcome = _Outcome()
+        try:
+            status, headers, body = await self._handle(scope, receive, outcome)
+        except ClientDisconnected:
+            return
+        except GatewayError as exc:
+            status, headers, body = render(exc, request_id)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            status, headers, body = render(
+                InternalError("The gateway failed to process the request."), request_id
+            )
+        await send_response(send, status, headers, body)
+        elapsed = time.perf_counter() - started
+        self._metrics.requests.labels(outcome.operation, outcome.model, outcome.tenant,
+                                      str(status)).inc()  # fmt: skip
+        self._metrics.duration.labels(outcome.operation).observe(elapsed)
+        log.info("%s %s %s %s %d %.1fms", request_id, outcome.tenant, outcome.operation,
+                 outcome.model, status, elapsed * 1000)  # fmt: skip
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, outcome: _Outcome
+    ) -> tuple[int, Headers, bytes]:
+        if scope["method"] != "POST":
+            raise UnknownOperation(f"Bedrock Runtime has no {scope['method']} operations.")
+        request = _scan(scope)
+        outcome.operation = OPERATIONS[request.operation]
+        if request.content_length is not None and request.content_length > self._max_body:
+            raise too_large(self._max_body)
+        body = await read_body(receive, self._max_body)
+        body_sha256 = hashlib.sha256(body).hexdigest()
+        caller = self._auth.authenticate(
+            RequestFacts("POST", scope["raw_path"].decode("latin-1"),
+                         scope["query_string"].decode("latin-1"), request.headers, body_sha256)
+        )  # fmt: skip
+        outcome.tenant = caller.tenant.name
+        target = self._authorize(caller, request.model_id)
+        outcome.model = target.model.name
+        if request.operation in _NOT_YET:
+            raise ValidationError(f"{outcome.operation} is not supported by this gateway yet; "
+                                  f"use InvokeModel or Converse.")  # fmt: skip
+        _check_body(body)
+        route = target.routes[0]
+        reply = await self._upstream.call(
+            route, request.operation, body, body_sha256, _upstream_headers(request)
+        )
+        reply.headers.append((b"x-gateway-route", route.label.encode()))
+        return reply.status, reply.headers, reply.body
+
+    def _authorize(self, caller: Caller, model_id: str) -> Target:
+        target = self._catalog.resolve(model_id)
+        if target is None:
+            raise ValidationError(f"The provided model identifier is invalid: {model_id[:256]!r} "
+                                  f"is not configured on this gateway.")  # fmt: skip
+        if not caller.tenant.may_use(target.model.name):
+            raise AccessDenied(f"Tenant {caller.tenant.name!r} may not use model "
+                               f"{target.model.name!r}.")  # fmt: skip
+        return target
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the request turned out to be, for metrics and the access log."""
+
+    operation: str = "unknown"
+    model: str = "unknown"
+    tenant: str = "unknown"

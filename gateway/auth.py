@@ -1,0 +1,144 @@
+"""Tenant authentication: SigV4 with gateway-issued key pairs, or a bearer API key.
+
+Bearer keys are held only as SHA-256 digests and compared in constant time; SigV4 secrets are
+read from the environment once, at start. Every failure is an ``AccessDenied``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway import sigv4
+from gateway.config import ConfigError, TenantConfig
+from gateway.errors import AccessDenied
+
+AsgiHeaders = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    models: frozenset[str] | None
+
+    def may_use(self, model_name: str) -> bool:
+        return self.models is None or model_name in self.models
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made a request, and how they proved it."""
+
+    tenant: Tenant
+    method: Literal["sigv4", "bearer"]
+    key_id: str
+    """The access key id, or the first 12 hex digits of the bearer key's digest (for logs)."""
+    region: str | None
+    """The region the client signed for (SigV4 only)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What authentication needs from a request."""
+
+    method: str
+    raw_path: str
+    raw_query: str
+    headers: AsgiHeaders
+    body_sha256: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Authenticator:
+    def __init__(
+        self,
+        tenants: Mapping[str, TenantConfig],
+        environ: Mapping[str, str],
+        clock: Callable[[], float],
+        max_skew_s: float,
+    ) -> None:
+        self._clock = clock
+        self._max_skew_s = max_skew_s
+        self._keys = sigv4.SigningKeys()
+        self._bearer: dict[str, tuple[Tenant, str]] = {}
+        self._pairs: dict[str, tuple[Tenant, str]] = {}
+        for name, config in tenants.items():
+            tenant = Tenant(name, frozenset(config.models) if config.models is not None else None)
+            for digest in config.key_sha256:
+                self._bearer[digest] = (tenant, digest)
+            for pair in config.access_keys:
+                secret = environ.get(pair.secret_env)
+                if not secret:
+                    raise ConfigError(
+                        f"tenants.{name}.access_keys: environment variable "
+                        f"{pair.secret_env} (secret of {pair.id}) is not set"
+                    )
+                self._pairs[pair.id] = (tenant, secret)
+
+    def authenticate(self, request: RequestFacts) -> Caller:
+        authorization = _header(request.headers, b"authorization")
+        if authorization is None:
+            raise AccessDenied("Missing Authentication Token: sign the request with SigV4 or "
+                               "send Authorization: Bearer <gateway key>.")  # fmt: skip
+        if authorization[:7].lower() == "bearer ":
+            return self._bearer_caller(authorization[7:].strip())
+        return self._sigv4_caller(authorization, request)
+
+    def _bearer_caller(self, key: str) -> Caller:
+        digest = hash_key(key)
+        # The table is keyed by SHA-256 digests, which a caller cannot steer byte by byte, so the
+        # lookup's timing tells nothing about stored keys; the final check is constant time.
+        entry = self._bearer.get(digest)
+        if entry is None or not hmac.compare_digest(entry[1], digest):
+            raise AccessDenied("The API key is not valid for this gateway.")
+        return Caller(entry[0], "bearer", digest[:12], None)
+
+    def _sigv4_caller(self, authorization: str, request: RequestFacts) -> Caller:
+        try:
+            auth = sigv4.parse_authorization(authorization)
+        except sigv4.SigV4Error as exc:
+            raise AccessDenied(f"Authorization header is malformed: {exc}") from None
+        entry = self._pairs.get(auth.access_key_id)
+        if entry is None:
+            raise AccessDenied("The security token included in the request is invalid: "
+                               "unknown access key id.")  # fmt: skip
+        if auth.service != "bedrock":
+            raise AccessDenied(f"Credential should be scoped to service 'bedrock', "
+                               f"not {auth.service[:32]!r}.")  # fmt: skip
+        tenant, secret = entry
+        headers: dict[str, list[str]] = {}
+        wanted = set(auth.signed_headers) | {"x-amz-date"}
+        for name, value in request.headers:
+            key = name.decode("latin-1")
+            if key in wanted:
+                headers.setdefault(key, []).append(value.decode("latin-1"))
+        try:
+            sigv4.verify(
+                auth, secret, method=request.method, raw_path=request.raw_path,
+                raw_query=request.raw_query, headers=headers,
+                payload_hash=_payload_hash(headers, request.body_sha256),
+                now=self._clock(), max_skew_s=self._max_skew_s, keys=self._keys,
+            )  # fmt: skip
+        except sigv4.SigV4Error as exc:
+            raise AccessDenied(str(exc)) from None
+        return Caller(tenant, "sigv4", auth.access_key_id, auth.region)
+
+
+def _payload_hash(headers: Mapping[str, list[str]], body_sha256: str) -> str:
+    claimed = headers.get("x-amz-content-sha256")
+    if claimed and claimed[0] != body_sha256:
+        raise AccessDenied("The provided x-amz-content-sha256 does not match the request body.")
+    return body_sha256
+
+
+def _header(headers: AsgiHeaders, name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None

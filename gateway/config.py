@@ -1,0 +1,195 @@
+"""The gateway's configuration: one YAML file, validated once into frozen models.
+
+Secrets never live in the file: SigV4 secrets and static AWS keys are named by environment
+variable, bearer keys are stored as SHA-256 hashes. ``load_config`` raises ``ConfigError``
+naming the file, the field and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TlsConfig(_Frozen):
+    certfile: str
+    """PEM certificate chain served to clients (needed for bearer keys from botocore >= 1.44)."""
+    keyfile: str
+    """PEM private key of ``certfile``."""
+
+
+class ServerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    tls: TlsConfig | None = None
+    max_body_bytes: Annotated[int, Field(ge=1024, le=25_000_000)] = 25_000_000
+    """Largest request body accepted; Bedrock's own limit is 25,000,000 bytes."""
+    sigv4_max_skew_s: Annotated[float, Field(gt=0, le=900)] = 300.0
+    """How far a SigV4 request's X-Amz-Date may be from the gateway's clock."""
+    shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+    """How long a stopping server lets in-flight requests finish."""
+
+
+class UpstreamConfig(_Frozen):
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    read_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    """Longest wait for the upstream's response (Bedrock calls can run minutes)."""
+    max_connections_per_region: Annotated[int, Field(ge=1)] = 512
+
+
+class AccountConfig(_Frozen):
+    """AWS credentials the gateway signs upstream calls with, and where those calls go.
+
+    Credentials come from, in this order of precedence: static keys named by environment
+    variable; a role assumed through STS (``role_arn``); a named ``profile``; otherwise the
+    default AWS credential chain.
+    """
+
+    profile: str | None = None
+    role_arn: str | None = None
+    role_session_name: str = "bedrock-gateway"
+    external_id_env: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+    endpoint_url: str | None = None
+    """Send this account's calls here instead of ``https://bedrock-runtime.<region>.amazonaws.com``
+    (for example the simulator)."""
+
+    @model_validator(mode="after")
+    def _static_keys_paired(self) -> AccountConfig:
+        if (self.access_key_id_env is None) != (self.secret_access_key_env is None):
+            raise ValueError("access_key_id_env and secret_access_key_env go together")
+        return self
+
+
+class RouteConfig(_Frozen):
+    """One way to reach a model: an account, a source region and an on-demand id or profile."""
+
+    account: str
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d+$")]
+    profile: str | None = None
+    """Inference profile id (``us.…``, ``global.…``) or ARN; absent means on-demand."""
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_day: Annotated[int, Field(ge=1)] | None = None
+
+
+class ModelConfig(_Frozen):
+    model_id: str
+    """The Bedrock foundation-model id (``anthropic.claude-…-v1:0``)."""
+    output_burndown: Annotated[float, Field(ge=1)] = 1.0
+    """Quota tokens charged per output token (5 for Claude 3.7 Sonnet and Claude 4.x)."""
+    max_output_tokens: Annotated[int, Field(ge=1)] = 4096
+    """What Bedrock reserves when a request sets no max tokens (the model's maximum)."""
+    routes: Annotated[list[RouteConfig], Field(min_length=1)]
+    fallback: list[str] = []
+
+
+class AccessKeyConfig(_Frozen):
+    id: str
+    secret_env: str
+    """Environment variable holding the SigV4 secret for ``id``."""
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        if not _ACCESS_KEY_ID.match(v):
+            raise ValueError("access key ids are 16-128 upper-case letters and digits")
+        return v
+
+
+class TenantConfig(_Frozen):
+    key_sha256: list[str] = []
+    """SHA-256 (hex) of each bearer API key this tenant may use."""
+    access_keys: list[AccessKeyConfig] = []
+    models: list[str] | None = None
+    """Model names this tenant may call; absent means every configured model."""
+
+    @field_validator("key_sha256", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digests(cls, v: list[str]) -> list[str]:
+        for digest in v:
+            if not _SHA256_HEX.match(digest):
+                raise ValueError("key_sha256 must be 64 lower-case hex characters")
+        return v
+
+
+class GatewayConfig(_Frozen):
+    server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    accounts: dict[str, AccountConfig]
+    models: dict[str, ModelConfig]
+    tenants: dict[str, TenantConfig] = {}
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> GatewayConfig:
+        for name, model in self.models.items():
+            for i, route in enumerate(model.routes):
+                if route.account not in self.accounts:
+                    raise ValueError(
+                        f"models.{name}.routes.{i}.account: unknown account {route.account!r}"
+                    )
+            for other in model.fallback:
+                if other not in self.models:
+                    raise ValueError(f"models.{name}.fallback: unknown model {other!r}")
+        for name, tenant in self.tenants.items():
+            for model_name in tenant.models or []:
+                if model_name not in self.models:
+                    raise ValueError(f"tenants.{name}.models: unknown model {model_name!r}")
+        seen: dict[str, str] = {}
+        for name, tenant in self.tenants.items():
+            for key in tenant.access_keys:
+                if key.id in seen:
+                    raise ValueError(f"access key {key.id} belongs to {seen[key.id]} and {name}")
+                seen[key.id] = name
+        return self
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate the YAML file at ``path``."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    return parse_config(data, source)

@@ -1,0 +1,108 @@
+"""The gateway's error family and its rendering in Bedrock's wire shape.
+
+Every failure the data plane reports is a ``GatewayError``. Each subclass names the Bedrock
+error shape it is rendered as (BEDROCK.md §2), its HTTP status and whether a client may retry.
+Rendering gives what boto3 needs to raise its own exception class: the status, an
+``x-amzn-ErrorType`` header, an ``x-amzn-RequestId`` and a JSON ``{"message": ...}`` body.
+
+    GatewayError
+    ├── AccessDenied            403  missing / unknown / revoked credentials, bad signature
+    ├── ValidationError         400  malformed body, unknown model, oversized body
+    ├── UnknownOperation        404  a path that is no Bedrock Runtime operation
+    ├── Throttled               429  no capacity; carries the retry hint in milliseconds
+    ├── ModelTimeout            408  the upstream did not answer in time
+    ├── ServiceUnavailable      503  the upstream could not be reached
+    └── InternalError           500  a bug in the gateway (never a traceback on the wire)
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import orjson
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class GatewayError(Exception):
+    """A failure the client sees as a Bedrock error."""
+
+    error_type: str = "InternalServerException"
+    status: int = 500
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def extra_headers(self) -> Headers:
+        return []
+
+
+class AccessDenied(GatewayError):
+    error_type = "AccessDeniedException"
+    status = 403
+
+
+class ValidationError(GatewayError):
+    error_type = "ValidationException"
+    status = 400
+
+
+class UnknownOperation(GatewayError):
+    error_type = "UnknownOperationException"
+    status = 404
+
+
+class ModelTimeout(GatewayError):
+    error_type = "ModelTimeoutException"
+    status = 408
+    retryable = True
+
+
+class ServiceUnavailable(GatewayError):
+    error_type = "ServiceUnavailableException"
+    status = 503
+    retryable = True
+
+
+class InternalError(GatewayError):
+    error_type = "InternalServerException"
+    status = 500
+    retryable = True
+
+
+class Throttled(GatewayError):
+    """No capacity now. ``retry_after_ms`` is when the request could be admitted."""
+
+    error_type = "ThrottlingException"
+    status = 429
+    retryable = True
+
+    def __init__(self, message: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = max(0, int(retry_after_ms))
+
+    def extra_headers(self) -> Headers:
+        # botocore >= 1.44 reads x-amz-retry-after (ms); the Anthropic SDK reads
+        # retry-after-ms, then Retry-After (whole seconds).
+        ms = str(self.retry_after_ms).encode()
+        seconds = str(max(1, math.ceil(self.retry_after_ms / 1000))).encode()
+        return [(b"x-amz-retry-after", ms), (b"retry-after-ms", ms), (b"retry-after", seconds)]
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
+
+
+def render(error: GatewayError, request_id: str) -> tuple[int, Headers, bytes]:
+    """The status, headers and body of ``error`` in Bedrock's wire shape."""
+    body = orjson.dumps({"message": error.message})
+    headers: Headers = [
+        (b"content-type", b"application/json"),
+        (b"x-amzn-errortype", error.error_type.encode()),
+        (b"x-amzn-requestid", request_id.encode()),
+        *error.extra_headers(),
+    ]
+    return error.status, headers, body
