@@ -1,0 +1,1 @@
+"""Quota enforcement: a pure core, an in-memory store and a Redis store."""

@@ -1,0 +1,144 @@
+"""The limiter's pure core: bucket kinds, admission plans, and the reference arithmetic.
+
+Three bucket kinds, all in integer milliseconds so Python and Lua agree exactly:
+
+* **window**: a sliding window of ``slot_ms`` slots. A request's cost goes into the slot of its
+  admission; a bucket admits when the slots of the last ``span`` (window + margin, rounded up,
+  plus the current slot) hold at most ``limit`` with the new cost. Counting whole slots
+  over-covers the rolling window, so admitted cost in *any* rolling window stays within the
+  limit (promise P1), even right after an idle spell, while slots of a fraction of a second
+  keep the quota nearly full (P2). Settlement corrects the admitting slot while it still counts.
+* **period**: a counter per calendar UTC day or month.
+* **leases**: concurrent requests; each lease expires ``ttl_ms`` after admission, so a replica
+  that dies cannot hold one forever. Its cost already sits in the windows at the full
+  reservation, which is how an unsettled request ends: charged in full, the safe side.
+
+This module is the specification; ``memory.py`` runs it, ``lua/admit.lua`` and
+``lua/settle.lua`` are its only second copy, and a property test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import IntEnum
+
+DAY_MS = 86_400_000
+
+
+class Kind(IntEnum):
+    WINDOW = 1
+    PERIOD = 2
+    LEASES = 3
+
+
+class Period(IntEnum):
+    DAY = 1
+    MONTH = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One limit on one key. ``a``/``b``: window → slot_ms, span; period → Period; leases →
+    ttl_ms."""
+
+    key: str
+    kind: Kind
+    limit: int
+    a: int = 0
+    b: int = 0
+    label: str = ""
+
+
+def window_bucket(
+    key: str, limit: int, *, window_ms: int, slot_ms: int, margin_ms: int, label: str
+) -> Bucket:
+    span = -(-(window_ms + margin_ms) // slot_ms) + 1
+    return Bucket(key, Kind.WINDOW, limit, slot_ms, span, label)
+
+
+def period_bucket(key: str, limit: int, period: Period, *, label: str) -> Bucket:
+    return Bucket(key, Kind.PERIOD, limit, int(period), 0, label)
+
+
+def lease_bucket(key: str, limit: int, *, ttl_ms: int, label: str) -> Bucket:
+    return Bucket(key, Kind.LEASES, limit, ttl_ms, 0, label)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    bucket: Bucket
+    cost: int
+    settles: bool = False
+    """Token charges are corrected to the real usage at settlement; request counts are not."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one request asks: every ``common`` charge, plus every charge of the first
+    alternative (a route) that fits. No alternatives means only the common charges."""
+
+    member: str
+    common: tuple[Charge, ...]
+    alternatives: tuple[tuple[Charge, ...], ...] = ()
+
+    def groups(self) -> tuple[tuple[Charge, ...], ...]:
+        return (self.common, *self.alternatives)
+
+    def committed(self, alternative: int) -> tuple[Charge, ...]:
+        """The charges an admission with ``alternative`` (1-based; 0 = none) made."""
+        if alternative == 0:
+            return self.common
+        return self.common + self.alternatives[alternative - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    alternative: int
+    """1-based index of the alternative admitted, 0 when the plan has none."""
+    now_ms: int
+    """The store's time at admission: settlement finds slots and periods from it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    retry_after_ms: int | None
+    """When the plan could next fit, as far as the buckets know; None: never (cost > limit)."""
+    bucket: Bucket
+
+
+Decision = Admitted | Denied
+
+
+# ---- time arithmetic shared by every store ------------------------------------------------
+
+
+def slot_of(now_ms: int, slot_ms: int) -> int:
+    return now_ms // slot_ms
+
+
+def period_of(now_ms: int, period: int) -> int:
+    day = now_ms // DAY_MS
+    if period == Period.DAY:
+        return day
+    date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+    return date.year * 12 + date.month - 1
+
+
+def period_end_ms(now_ms: int, period: int) -> int:
+    day = now_ms // DAY_MS
+    if period == Period.DAY:
+        return (day + 1) * DAY_MS
+    date = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+    first = dt.date(date.year + date.month // 12, date.month % 12 + 1, 1)
+    return (first - dt.date(1970, 1, 1)).days * DAY_MS
+
+
+def combine_waits(common: int | None, alternatives: list[int | None]) -> int | None:
+    """A plan fits once its common buckets and at least one alternative fit."""
+    if not alternatives:
+        return common
+    finite = [w for w in alternatives if w is not None]
+    if common is None or not finite:
+        return None
+    return max(common, min(finite))

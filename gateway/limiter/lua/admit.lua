@@ -1,0 +1,192 @@
+-- admit.lua: admit one request against all of its buckets atomically, all or nothing.
+-- The specification is gateway/limiter/core.py; gateway/limiter/memory.py is the reference
+-- this script must match step for step (a property test checks it).
+-- Time: Redis TIME, so replicas with skewed clocks agree; ARGV[1] may carry a time in ms
+-- instead (tests only; the gateway always sends "").
+-- KEYS: one per bucket, all in one hash slot (the {prefix} hash tag).
+-- ARGV: now_ms|"", member, ngroups, size of each group (group 1: the common charges; each
+--   further group one alternative), then 5 numbers per bucket: kind, limit, cost, a, b
+--   (window: a = slot_ms, b = span; period: a = 1 day | 2 month; leases: a = ttl_ms).
+-- Returns {1, alternative (0: none), now_ms} or {0, wait_ms (-1: never), bucket index}.
+
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local member = ARGV[2]
+local ngroups = tonumber(ARGV[3])
+local DAY = 86400000
+local LEASE_HINT = 250
+
+local function days_to_month(days)  -- UTC civil month index (year * 12 + month - 1)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return y * 12 + m - 1
+end
+
+local function month_start_days(index)  -- days since the epoch of a month's first day
+  local y, m = math.floor(index / 12), index % 12 + 1
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5)
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function period_of(kind)
+  local day = math.floor(now / DAY)
+  if kind == 1 then return day end
+  return days_to_month(day)
+end
+
+local function period_end(kind)
+  local day = math.floor(now / DAY)
+  if kind == 1 then return (day + 1) * DAY end
+  return month_start_days(days_to_month(day) + 1) * DAY
+end
+
+-- Drop the slots that left the window; returns the total still counted and the current slot.
+local function advance(key, slot_ms, span)
+  local cur = math.floor(now / slot_ms)
+  local first = cur - span + 1
+  local v = redis.call('HMGET', key, 't', 'o')
+  local total, oldest = tonumber(v[1]) or 0, tonumber(v[2])
+  if oldest and oldest < first then
+    if first - oldest >= span then
+      redis.call('DEL', key)
+      total = 0
+    else
+      for s = oldest, first - 1 do
+        local amount = redis.call('HGET', key, s)
+        if amount then
+          total = total - tonumber(amount)
+          redis.call('HDEL', key, s)
+        end
+      end
+      redis.call('HSET', key, 't', total, 'o', first)
+    end
+  end
+  return total, cur, first
+end
+
+local function window_wait(key, limit, cost, slot_ms, span)
+  local total, cur, first = advance(key, slot_ms, span)
+  if total + cost <= limit then return 0 end
+  local fields = {}
+  for s = first, cur do fields[#fields + 1] = s end
+  local amounts = redis.call('HMGET', key, unpack(fields))
+  local need, freed = total + cost - limit, 0
+  for i, s in ipairs(fields) do
+    freed = freed + (tonumber(amounts[i]) or 0)
+    if freed >= need then return (s + span) * slot_ms - now end
+  end
+  return redis.error_reply('window bucket inconsistent: ' .. key)
+end
+
+local function wait_for(key, kind, limit, cost, a, b)
+  if cost > limit then
+    if kind == 1 then advance(key, a, b) end
+    return -1
+  end
+  if kind == 1 then return window_wait(key, limit, cost, a, b) end
+  if kind == 2 then
+    local v = redis.call('HMGET', key, 'p', 't')
+    local used = (tonumber(v[1]) == period_of(a)) and (tonumber(v[2]) or 0) or 0
+    if used + cost <= limit then return 0 end
+    return period_end(a) - now
+  end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZCARD', key) + cost <= limit then return 0 end
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return math.max(1, math.min(LEASE_HINT, tonumber(oldest[2]) - now))
+end
+
+local function add(key, kind, cost, a, b)
+  if kind == 1 then
+    local cur = math.floor(now / a)
+    redis.call('HINCRBY', key, cur, cost)
+    redis.call('HINCRBY', key, 't', cost)
+    redis.call('HSETNX', key, 'o', cur - b + 1)
+    redis.call('PEXPIRE', key, (b + 1) * a)
+  elseif kind == 2 then
+    local p = period_of(a)
+    local v = redis.call('HMGET', key, 'p', 't')
+    local used = (tonumber(v[1]) == p) and (tonumber(v[2]) or 0) or 0
+    redis.call('HSET', key, 'p', p, 't', used + cost)
+    redis.call('PEXPIRE', key, period_end(a) - now + DAY)
+  else
+    redis.call('ZADD', key, now + a, member)
+    redis.call('PEXPIRE', key, a)
+  end
+end
+
+-- Evaluate every group: 0 when all its buckets fit, else its longest wait (-1 never).
+local sizes, starts, index = {}, {}, 1
+for g = 1, ngroups do
+  sizes[g] = tonumber(ARGV[3 + g])
+  starts[g] = index
+  index = index + sizes[g]
+end
+local base = 3 + ngroups
+
+local function spec(i)
+  local o = base + (i - 1) * 5
+  return tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]),
+    tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+end
+
+local function group_wait(g)
+  local worst, blocker = 0, 0
+  for i = starts[g], starts[g] + sizes[g] - 1 do
+    local kind, limit, cost, a, b = spec(i)
+    local w = wait_for(KEYS[i], kind, limit, cost, a, b)
+    if w ~= 0 and (worst == 0 or w == -1 or (worst ~= -1 and w > worst)) then
+      worst, blocker = w, i
+    end
+  end
+  return worst, blocker
+end
+
+local common_wait, common_blocker = group_wait(1)
+local chosen, alt_waits, alt_blocker = 0, {}, 0
+for g = 2, ngroups do
+  local w, b = group_wait(g)
+  if w == 0 then chosen = g - 1 break end
+  alt_waits[#alt_waits + 1] = w
+  if alt_blocker == 0 then alt_blocker = b end
+end
+
+if common_wait == 0 and (chosen > 0 or ngroups == 1) then
+  local last = chosen > 0 and starts[chosen + 1] + sizes[chosen + 1] - 1 or sizes[1]
+  for i = 1, sizes[1] do
+    local kind, _, cost, a, b = spec(i)
+    add(KEYS[i], kind, cost, a, b)
+  end
+  if chosen > 0 then
+    for i = starts[chosen + 1], last do
+      local kind, _, cost, a, b = spec(i)
+      add(KEYS[i], kind, cost, a, b)
+    end
+  end
+  return {1, chosen, now}
+end
+
+local wait = common_wait
+if ngroups > 1 and chosen == 0 then
+  local best = -1
+  for _, w in ipairs(alt_waits) do
+    if w ~= -1 and (best == -1 or w < best) then best = w end
+  end
+  if common_wait == -1 or best == -1 then wait = -1 else wait = math.max(common_wait, best) end
+end
+return {0, wait, common_wait ~= 0 and common_blocker or alt_blocker}

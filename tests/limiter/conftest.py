@@ -1,0 +1,42 @@
+"""Fixtures for the limiter: a private redis-server, and both stores behind one interface."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.limiter.memory import MemoryStore
+from gateway.limiter.redis_store import RedisStore
+from tests.servers import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    store = RedisStore(client)
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> AsyncIterator[MemoryStore | RedisStore]:
+    if request.param == "memory":
+        yield MemoryStore(clock_ms=lambda: 0)
+        return
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.flushdb()
+    redis_store = RedisStore(client)
+    yield redis_store
+    await redis_store.close()

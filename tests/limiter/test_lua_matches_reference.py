@@ -1,0 +1,106 @@
+"""Property: the Lua scripts and the Python reference agree on random admit/settle/time steps."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.limiter.core import (
+    Admitted,
+    Bucket,
+    Charge,
+    Period,
+    Plan,
+    lease_bucket,
+    period_bucket,
+    window_bucket,
+)
+from gateway.limiter.memory import MemoryStore
+from gateway.limiter.redis_store import RedisStore
+from tests.servers import RedisServer
+
+START = 1_798_761_000_000  # 2026-12-31T23:10Z: runs cross midnight, a month and a year
+BUCKETS: list[Bucket] = [
+    window_bucket("{p}:w1", 300, window_ms=60_000, slot_ms=250, margin_ms=500, label="tokens"),
+    window_bucket("{p}:w2", 120, window_ms=10_000, slot_ms=1000, margin_ms=0, label="tokens"),
+    window_bucket("{p}:rpm", 4, window_ms=60_000, slot_ms=1000, margin_ms=0, label="requests"),
+    period_bucket("{p}:day", 900, Period.DAY, label="tokens"),
+    period_bucket("{p}:month", 1500, Period.MONTH, label="tokens"),
+    lease_bucket("{p}:conc", 3, ttl_ms=20_000, label="leases"),
+]
+
+
+@dataclass(frozen=True)
+class Admit:
+    common: tuple[int, ...]
+    alternatives: tuple[tuple[int, ...], ...]
+    cost: int
+    advance_ms: int
+
+
+@dataclass(frozen=True)
+class Settle:
+    pick: int
+    delta: int
+    advance_ms: int
+
+
+def _charge(index: int, cost: int) -> Charge:
+    bucket = BUCKETS[index]
+    if bucket.label == "tokens":
+        return Charge(bucket, cost, settles=True)
+    return Charge(bucket, 1)
+
+
+indices = st.lists(st.integers(0, len(BUCKETS) - 1), max_size=3, unique=True)
+admits = st.builds(
+    Admit,
+    common=indices.map(tuple),
+    alternatives=st.lists(indices.map(tuple), max_size=3).map(tuple),
+    cost=st.integers(1, 350),
+    advance_ms=st.sampled_from([0, 1, 249, 250, 999, 5_000, 30_000, 61_000, 3_600_000]),
+)
+settles = st.builds(
+    Settle, pick=st.integers(0, 50), delta=st.integers(-350, 200),
+    advance_ms=st.sampled_from([0, 1, 500, 20_000, 70_000]),
+)  # fmt: skip
+
+
+def _plan(step: Admit, member: str) -> Plan:
+    used = set(step.common)
+    alternatives = tuple(
+        tuple(_charge(i, step.cost) for i in alt if i not in used) for alt in step.alternatives
+    )
+    return Plan(member, tuple(_charge(i, step.cost) for i in step.common), alternatives)
+
+
+async def _run(url: str, steps: list[Admit | Settle]) -> None:
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    lua, reference = RedisStore(client), MemoryStore()
+    now, open_tickets = START, []
+    try:
+        for n, step in enumerate(steps):
+            now += step.advance_ms
+            if isinstance(step, Admit):
+                plan = _plan(step, f"m{n}")
+                expected = reference.admit_now(plan, now)
+                assert await lua.admit(plan, now) == expected, (n, step)
+                if isinstance(expected, Admitted):
+                    open_tickets.append((plan, expected))
+            elif open_tickets:
+                plan, admitted = open_tickets.pop(step.pick % len(open_tickets))
+                reference.settle_now(plan, admitted, step.delta, now)
+                await lua.settle(plan, admitted, step.delta, now)
+    finally:
+        await lua.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.one_of(admits, settles), min_size=1, max_size=40))
+def test_lua_and_python_agree(redis_server: RedisServer, steps: list[Admit | Settle]) -> None:
+    asyncio.run(_run(redis_server.url, steps))
