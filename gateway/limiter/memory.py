@@ -83,7 +83,8 @@ class MemoryStore:
             for charge in plan.committed(alternative):
                 self._add(charge, plan.member, now)
             return Admitted(alternative, now)
-        wait = combine_waits(common_wait, waits)
+        # an alternative that fits now leaves the plan waiting only on its common charges
+        wait = common_wait if chosen > 0 else combine_waits(common_wait, waits)
         bucket = common_blocker if common_wait != 0 else blocker
         assert bucket is not None
         return Denied(wait, bucket)
