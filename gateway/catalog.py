@@ -41,6 +41,7 @@ class Route:
     tpm: int | None
     rpm: int | None
     tokens_per_day: int | None
+    max_concurrency: int | None
 
     @property
     def label(self) -> str:
@@ -101,6 +102,7 @@ def _route(model: ModelConfig, config: RouteConfig) -> Route:
         tpm=config.tpm,
         rpm=config.rpm,
         tokens_per_day=config.tokens_per_day,
+        max_concurrency=config.max_concurrency,
     )
 
 

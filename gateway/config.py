@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -54,6 +54,44 @@ class UpstreamConfig(_Frozen):
     max_connections_per_region: Annotated[int, Field(ge=1)] = 512
 
 
+class LimiterConfig(_Frozen):
+    """Where quota state lives and how the sliding windows are cut."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    """``memory``: this process only (one replica). ``redis``: shared by every replica."""
+    redis_url: str | None = None
+    """``redis://host:6379/0`` (or ``rediss://`` for TLS). Prefer ``redis_url_env`` when the
+    URL carries a password."""
+    redis_url_env: str | None = None
+    """Environment variable holding the Redis URL; wins over ``redis_url``."""
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "bgw"
+    """Keys are ``{prefix}:…``: the braces put every limiter key in one Redis Cluster hash slot."""
+    timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.25
+    """How long one Redis call may take before the store counts as unavailable."""
+    on_store_failure: Literal["local", "deny"] = "local"
+    """When Redis is unreachable: ``local`` admits against this replica's share of each quota
+    (quota / replicas); ``deny`` answers ServiceUnavailableException."""
+    replicas: Annotated[int, Field(ge=1)] = 1
+    """How many gateway processes share the quotas (for the ``local`` share)."""
+    retry_store_after_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    """After a failure, how long to stay on the local share before trying Redis again."""
+    window_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    """Length of the per-minute windows (Bedrock evaluates quotas over a rolling minute)."""
+    slot_ms: Annotated[int, Field(ge=10, le=10_000)] = 250
+    """Granularity of the sliding windows. Smaller fills the quota more fully, costs more Redis
+    work per window."""
+    margin_ms: Annotated[int, Field(ge=0, le=10_000)] = 500
+    """Extra window length covering clock and latency differences between us and Bedrock."""
+    lease_ttl_s: Annotated[float, Field(gt=0)] = 900.0
+    """A concurrency lease lapses this long after admission if never released (a dead replica)."""
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> LimiterConfig:
+        if self.backend == "redis" and not (self.redis_url or self.redis_url_env):
+            raise ValueError("backend redis needs redis_url or redis_url_env")
+        return self
+
+
 class AccountConfig(_Frozen):
     """AWS credentials the gateway signs upstream calls with, and where those calls go.
 
@@ -88,8 +126,11 @@ class RouteConfig(_Frozen):
     profile: str | None = None
     """Inference profile id (``us.…``, ``global.…``) or ARN; absent means on-demand."""
     tpm: Annotated[int, Field(ge=1)] | None = None
+    """Tokens per minute of this route's quota pool (input + cache writes + output x burndown)."""
     rpm: Annotated[int, Field(ge=1)] | None = None
     tokens_per_day: Annotated[int, Field(ge=1)] | None = None
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    """Requests in flight at once on this route."""
 
 
 class ModelConfig(_Frozen):
@@ -122,6 +163,14 @@ class TenantConfig(_Frozen):
     access_keys: list[AccessKeyConfig] = []
     models: list[str] | None = None
     """Model names this tenant may call; absent means every configured model."""
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    """Budget: quota tokens per rolling minute, across every model and route."""
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_day: Annotated[int, Field(ge=1)] | None = None
+    """Budget: quota tokens per UTC calendar day."""
+    tokens_per_month: Annotated[int, Field(ge=1)] | None = None
+    """Budget: quota tokens per UTC calendar month."""
+    max_concurrency: Annotated[int, Field(ge=1)] | None = None
 
     @field_validator("key_sha256", mode="before")
     @classmethod
@@ -140,6 +189,7 @@ class TenantConfig(_Frozen):
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    limiter: LimiterConfig = LimiterConfig()
     accounts: dict[str, AccountConfig]
     models: dict[str, ModelConfig]
     tenants: dict[str, TenantConfig] = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -30,6 +30,63 @@ class Metrics:
             ["account", "region", "error"],
             registry=self.registry,
         )
+
+        self.admissions = Counter(
+            "gateway_admissions",
+            "Requests admitted by the limiter, by route taken and tenant.",
+            ["route", "tenant"],
+            registry=self.registry,
+        )
+        self.throttles = Counter(
+            "gateway_throttles",
+            "Requests the limiter could not admit, by the limit that refused and tenant.",
+            ["limit", "tenant"],
+            registry=self.registry,
+        )
+        self.settled_tokens = Counter(
+            "gateway_settled_tokens",
+            "Quota tokens charged after settlement (input + cache writes + output x burndown).",
+            ["route", "tenant"],
+            registry=self.registry,
+        )
+        self.settlement_corrections = Counter(
+            "gateway_settlement_correction_tokens",
+            "Quota tokens given back (refund) or added (overcharge) at settlement.",
+            ["direction"],
+            registry=self.registry,
+        )
+        self.store_failures = Counter(
+            "gateway_limiter_store_failures",
+            "Calls to the shared quota store (Redis) that failed, by operation.",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.store_degraded = Gauge(
+            "gateway_limiter_degraded",
+            "1 while the shared quota store is unreachable and this replica runs on its fallback.",
+            registry=self.registry,
+        )
+
+    # ---- the limiter's listener interface -------------------------------------------------
+
+    def admitted(self, route: str, tenant: str) -> None:
+        self.admissions.labels(route, tenant).inc()
+
+    def throttled(self, reason: str, tenant: str) -> None:
+        self.throttles.labels(reason, tenant).inc()
+
+    def settled(self, route: str, tenant: str, tokens: int, delta: int) -> None:
+        self.settled_tokens.labels(route, tenant).inc(tokens)
+        if delta:
+            self.settlement_corrections.labels("refund" if delta < 0 else "overcharge").inc(
+                abs(delta)
+            )
+
+    def store_failed(self, operation: str) -> None:
+        self.store_failures.labels(operation).inc()
+
+    def degraded(self, on: bool) -> None:
+        self.store_degraded.set(1 if on else 0)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

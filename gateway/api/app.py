@@ -22,7 +22,7 @@ from gateway.api.asgi import Receive, Scope, Send
 from gateway.api.dataplane import DataPlane
 from gateway.auth import Authenticator
 from gateway.catalog import Catalog
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, LimiterConfig, load_config
 from gateway.errors import (
     GatewayError,
     InternalError,
@@ -31,6 +31,10 @@ from gateway.errors import (
     new_request_id,
     render,
 )
+from gateway.limiter.failover import FailoverStore, Store
+from gateway.limiter.memory import MemoryStore
+from gateway.limiter.redis_store import RedisStore
+from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.credentials import CredentialSource, open_source
@@ -59,11 +63,41 @@ def _bedrock_error(error: GatewayError) -> Response:
     return Response(body, status, {k.decode(): v.decode() for k, v in headers})
 
 
+def open_store(
+    config: LimiterConfig, environ: Mapping[str, str], metrics: Metrics
+) -> FailoverStore | Store:
+    if config.backend == "memory":
+        return MemoryStore()
+    url = environ.get(config.redis_url_env or "") or config.redis_url
+    if not url:
+        raise ConfigError(f"limiter.redis_url_env: environment variable {config.redis_url_env} "
+                          f"is not set")  # fmt: skip
+    return FailoverStore(
+        RedisStore.from_url(url, config.timeout_s),
+        mode=config.on_store_failure,
+        replicas=config.replicas,
+        retry_after_s=config.retry_store_after_s,
+        listener=metrics,
+    )
+
+
+async def limiter_state(store: FailoverStore | Store, on_failure: str) -> str:
+    """``ok``, ``degraded: …`` (serving on the local share) or the reason it cannot serve."""
+    reachable = await store.ping()
+    if reachable and not (isinstance(store, FailoverStore) and store.degraded):
+        return "ok"
+    if on_failure == "local":
+        return "degraded: quota store unreachable, using this replica's local share"
+    return "quota store unreachable"
+
+
 def _control_app(
     config: GatewayConfig,
     metrics: Metrics,
     credentials: _Credentials,
     upstream: UpstreamClient,
+    limiter: Limiter,
+    store: FailoverStore | Store,
     environ: Mapping[str, str],
 ) -> FastAPI:
     ready: dict[str, str] = {"credentials": "starting"}
@@ -81,6 +115,7 @@ def _control_app(
             yield
         finally:
             await upstream.close()
+            await limiter.close()
 
     app = FastAPI(title="bedrock-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -104,7 +139,8 @@ def _control_app(
 
     @app.get("/health/ready")
     async def is_ready() -> JSONResponse:
-        ok = all(state == "ok" for state in ready.values())
+        ready["limiter"] = await limiter_state(store, config.limiter.on_store_failure)
+        ok = all(state == "ok" or state.startswith("degraded") for state in ready.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "components": ready},
                             status_code=200 if ok else 503)  # fmt: skip
 
@@ -128,16 +164,20 @@ def create_app(
     metrics = metrics or Metrics()
     credentials = _Credentials()
     upstream = UpstreamClient(config.upstream, config.accounts, credentials, wall_clock)
+    store = open_store(config.limiter, environ, metrics)
+    limiter = Limiter(config.limiter, config.tenants, store, metrics)
     dataplane = DataPlane(
         catalog=Catalog(config.models),
         authenticator=Authenticator(
             config.tenants, environ, wall_clock, config.server.sigv4_max_skew_s
         ),
         upstream=upstream,
+        limiter=limiter,
         metrics=metrics,
         max_body_bytes=config.server.max_body_bytes,
     )
-    return GatewayApp(dataplane, _control_app(config, metrics, credentials, upstream, environ))
+    control = _control_app(config, metrics, credentials, upstream, limiter, store, environ)
+    return GatewayApp(dataplane, control)
 
 
 def app_from_env() -> GatewayApp:

@@ -12,10 +12,12 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 import orjson
 
+from gateway import cost
 from gateway.api.asgi import (
     ClientDisconnected,
     Headers,
@@ -27,7 +29,7 @@ from gateway.api.asgi import (
     too_large,
 )
 from gateway.auth import Authenticator, Caller, RequestFacts
-from gateway.catalog import Catalog, Target
+from gateway.catalog import Catalog, ModelSpec, Target
 from gateway.errors import (
     AccessDenied,
     GatewayError,
@@ -37,8 +39,10 @@ from gateway.errors import (
     new_request_id,
     render,
 )
+from gateway.limiter.core import Denied
+from gateway.limiter.service import Limiter, Ticket, throttled
 from gateway.metrics import Metrics
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.client import NotSent, UpstreamClient, UpstreamResponse
 
 log = logging.getLogger("gateway.access")
 
@@ -102,7 +106,16 @@ def _upstream_headers(request: _Request) -> dict[str, str]:
     return headers
 
 
-def _check_body(body: bytes) -> dict[str, object]:
+def _charged(reply: UpstreamResponse, operation: str, burndown: float, reserved: int) -> int:
+    """Quota tokens Bedrock counted for ``reply``: its usage on success, none for an error
+    answer (it refused or failed the call), the full reservation when usage is missing."""
+    if reply.status >= 300:
+        return 0
+    usage = cost.usage_from_headers(reply.headers) or cost.usage_from_body(operation, reply.body)
+    return reserved if usage is None else cost.charge(usage, burndown)
+
+
+def _check_body(body: bytes) -> dict[str, Any]:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -120,12 +133,14 @@ class DataPlane:
         catalog: Catalog,
         authenticator: Authenticator,
         upstream: UpstreamClient,
+        limiter: Limiter,
         metrics: Metrics,
         max_body_bytes: int,
     ) -> None:
         self._catalog = catalog
         self._auth = authenticator
         self._upstream = upstream
+        self._limiter = limiter
         self._metrics = metrics
         self._max_body = max_body_bytes
 
@@ -134,7 +149,7 @@ class DataPlane:
         request_id = new_request_id()
         outcome = _Outcome()
         try:
-            status, headers, body = await self._handle(scope, receive, outcome)
+            status, headers, body = await self._handle(scope, receive, outcome, request_id)
         except ClientDisconnected:
             return
         except GatewayError as exc:
@@ -153,7 +168,7 @@ class DataPlane:
                  outcome.model, status, elapsed * 1000)  # fmt: skip
 
     async def _handle(
-        self, scope: Scope, receive: Receive, outcome: _Outcome
+        self, scope: Scope, receive: Receive, outcome: _Outcome, request_id: str
     ) -> tuple[int, Headers, bytes]:
         if scope["method"] != "POST":
             raise UnknownOperation(f"Bedrock Runtime has no {scope['method']} operations.")
@@ -173,13 +188,37 @@ class DataPlane:
         if request.operation in _NOT_YET:
             raise ValidationError(f"{outcome.operation} is not supported by this gateway yet; "
                                   f"use InvokeModel or Converse.")  # fmt: skip
-        _check_body(body)
-        route = target.routes[0]
-        reply = await self._upstream.call(
-            route, request.operation, body, body_sha256, _upstream_headers(request)
+        document = _check_body(body)
+        model = target.model
+        estimate = cost.estimate(
+            request.operation, document, default_max_tokens=model.max_output_tokens
         )
-        reply.headers.append((b"x-gateway-route", route.label.encode()))
+        reserved = cost.reservation(estimate, model.output_burndown)
+        decision = await self._limiter.admit(
+            request_id, caller.tenant.name, target.routes, reserved
+        )
+        if isinstance(decision, Denied):
+            raise throttled(decision)
+        reply = await self._forward(decision, model, request, body, body_sha256)
+        reply.headers.append((b"x-gateway-route", decision.route.label.encode()))
         return reply.status, reply.headers, reply.body
+
+    async def _forward(
+        self, ticket: Ticket, model: ModelSpec, request: _Request, body: bytes, body_sha256: str
+    ) -> UpstreamResponse:
+        """Call upstream and settle the ticket exactly once, whatever happens."""
+        actual = ticket.reserved  # an unknown outcome keeps the full reservation: the safe side
+        try:
+            reply = await self._upstream.call(
+                ticket.route, request.operation, body, body_sha256, _upstream_headers(request)
+            )
+            actual = _charged(reply, request.operation, model.output_burndown, ticket.reserved)
+            return reply
+        except NotSent:
+            actual = 0
+            raise
+        finally:
+            await self._limiter.settle(ticket, actual)
 
     def _authorize(self, caller: Caller, model_id: str) -> Target:
         target = self._catalog.resolve(model_id)

@@ -124,11 +124,15 @@ class UpstreamClient:
             raise translate(exc, endpoint.host, self._config.read_timeout_s) from None
 
 
+class NotSent(ServiceUnavailable):
+    """The request never reached Bedrock (no connection), so Bedrock counted nothing."""
+
+
 def translate(exc: BaseException, host: str, read_timeout_s: float) -> GatewayError:
     """The one place aiohttp's failures become gateway errors."""
+    if isinstance(exc, aiohttp.ClientConnectorError):  # includes connect timeouts
+        return NotSent(f"Cannot connect to Bedrock at {host}: {exc.os_error or exc}.")
     if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
         return ModelTimeout(f"Bedrock at {host} did not answer within {read_timeout_s:g} s.")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return ServiceUnavailable(f"Cannot connect to Bedrock at {host}: {exc.os_error}.")
     return ServiceUnavailable(f"The connection to Bedrock at {host} failed: "
                               f"{type(exc).__name__}.")  # fmt: skip
