@@ -1,0 +1,116 @@
+"""The ``bedrock-gateway`` command: serve, simulator, demo, check-config, hash-key."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import secrets
+import sys
+from collections.abc import Sequence
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+
+def _load(path: str) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"bedrock-gateway: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+
+    config = _load(args.config)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
+                                   ("workers", args.workers)) if v is not None}  # fmt: skip
+    if overrides:
+        config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
+    try:
+        serve(config, args.config)
+    except ConfigError as exc:
+        print(f"bedrock-gateway: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args.path)
+    print(f"{args.path}: OK ({len(config.models)} models, {len(config.accounts)} accounts, "
+          f"{len(config.tenants)} tenants)")  # fmt: skip
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    from gateway.auth import hash_key
+
+    key = args.key
+    if key == "-":
+        key = getpass.getpass("API key: ")
+    elif key is None:
+        key = "gwk-" + secrets.token_urlsafe(32)
+        print(f"key:        {key}")
+    print(f"key_sha256: {hash_key(key)}")
+    return 0
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from gateway.simulator.cli import run
+
+    return run(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args.config, args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bedrock-gateway", description="Rate-limiting gateway for Amazon Bedrock Runtime."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", required=True, help="YAML configuration file")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check-config", help="validate a configuration file offline")
+    check.add_argument("path")
+    check.set_defaults(func=_check_config)
+
+    hash_key = sub.add_parser(
+        "hash-key", help="print the key_sha256 of an API key (a new key if none given)"
+    )
+    hash_key.add_argument("key", nargs="?", help="the key, or - to read it without echo")
+    hash_key.set_defaults(func=_hash_key)
+
+    simulator = sub.add_parser("simulator", help="run the local Bedrock Runtime simulator")
+    from gateway.simulator.cli import add_arguments
+
+    add_arguments(simulator)
+    simulator.set_defaults(func=_simulator)
+
+    demo = sub.add_parser("demo", help="simulator + gateway + a few real boto3 calls")
+    demo.add_argument("--config", default="config/demo.yaml")
+    demo.add_argument(
+        "--duration", type=float, default=None,
+        help="exit after this many seconds (default: serve until Ctrl-C)",
+    )  # fmt: skip
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

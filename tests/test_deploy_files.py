@@ -1,0 +1,564 @@
+"""The deployment files agree with the gateway they deploy.
+
+Dockerfile, docker-compose.yml (with config/compose.yaml) and deploy/kubernetes/ are parsed and
+checked against the gateway's own code: configs pass its validation, commands parse with its CLI,
+probes hit its real health paths, grace periods cover its shutdown drain.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from fastapi.routing import APIRoute
+from starlette.testclient import TestClient
+
+from gateway.api.app import GatewayApp, create_app
+from gateway.cli import build_parser
+from gateway.config import GatewayConfig, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = ROOT / "deploy" / "kubernetes"
+# A template with placeholder values: listed nowhere, so `kubectl apply -k` never applies it.
+SECRET_TEMPLATE = "secret.template.yaml"
+# The Kubernetes Service name and the compose service name the gateway's upstream calls.
+SIMULATOR_SERVICE = "simulator"
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per logical line: comments dropped, continuations joined."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue  # Docker also drops comment lines inside a continuation
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical = pending + line
+        pending = ""
+        keyword, _, rest = logical.partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+    assert not pending, "Dockerfile ends inside a line continuation"
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def only(instructions: list[tuple[str, str]], keyword: str) -> str:
+    found = [rest for kw, rest in instructions if kw == keyword]
+    assert len(found) == 1, f"expected one {keyword} in the final stage, found {found}"
+    return found[0]
+
+
+def json_array(text: str) -> list[str]:
+    """The exec form of CMD/ENTRYPOINT: a JSON array of strings (the shell form is not wanted)."""
+    value = json.loads(text)
+    assert isinstance(value, list), f"not a JSON array: {text}"
+    assert all(isinstance(item, str) for item in value), text
+    return value
+
+
+def dockerfile_cmd() -> list[str]:
+    return json_array(only(final_stage(), "CMD"))
+
+
+def exposed_ports() -> set[int]:
+    ports: set[int] = set()
+    for keyword, rest in final_stage():
+        if keyword == "EXPOSE":
+            ports.update(int(port.split("/")[0]) for port in rest.split())
+    return ports
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def service(name: str) -> dict[str, Any]:
+    services = compose()["services"]
+    assert name in services, f"docker-compose.yml has no service {name!r}"
+    value: dict[str, Any] = services[name]
+    return value
+
+
+def compose_command(svc: dict[str, Any]) -> list[str]:
+    """What the container runs after the image's ENTRYPOINT: the service's command or the CMD."""
+    command = svc.get("command", dockerfile_cmd())
+    assert isinstance(command, list), "use the exec (list) form for compose commands"
+    return command
+
+
+def compose_mount(svc: dict[str, Any], target: str) -> tuple[Path, bool]:
+    """(host path, read-only) of the short-syntax bind mount at ``target``."""
+    for volume in svc.get("volumes", []):
+        source, container_path, *options = volume.split(":")
+        if container_path == target:
+            return (ROOT / source).resolve(), "ro" in options
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+def duration_s(text: str) -> float:
+    """A compose duration such as "40s", "1m30s", "500ms"."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
+    assert parts, f"not a duration: {text!r}"
+    assert "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def cpu_cores(quantity: str | int | float) -> float:
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def env_names(config: GatewayConfig) -> set[str]:
+    """Every environment variable the gateway reads a secret from, for this config."""
+    names: set[str] = set()
+    for account in config.accounts.values():
+        names.update(
+            name
+            for name in (
+                account.access_key_id_env,
+                account.secret_access_key_env,
+                account.session_token_env,
+                account.external_id_env,
+            )
+            if name
+        )
+    for tenant in config.tenants.values():
+        names.update(key.secret_env for key in tenant.access_keys)
+    return names
+
+
+def k8s_files() -> list[Path]:
+    return sorted(K8S.glob("*.yaml")) + sorted(K8S.glob("*.yml"))
+
+
+def k8s_documents(path: Path) -> Iterator[dict[str, Any]]:
+    for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+        if document is not None:
+            assert isinstance(document, dict), f"{path.name}: a document is not a mapping"
+            yield document
+
+
+def manifest(kind: str) -> dict[str, Any]:
+    """The one object of ``kind`` among the files kustomization.yaml applies."""
+    found = [
+        document
+        for name in kustomization()["resources"]
+        for document in k8s_documents(K8S / name)
+        if document.get("kind") == kind
+    ]
+    assert len(found) == 1, f"expected one {kind} in deploy/kubernetes, found {len(found)}"
+    return found[0]
+
+
+def kustomization() -> dict[str, Any]:
+    data = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def configmap_config() -> GatewayConfig:
+    text = manifest("ConfigMap")["data"]["gateway.yaml"]
+    return parse_config(yaml.safe_load(text), "deploy/kubernetes ConfigMap gateway.yaml")
+
+
+def container() -> dict[str, Any]:
+    containers = manifest("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    value: dict[str, Any] = containers[0]
+    return value
+
+
+def named_port(port: str | int) -> int:
+    """A probe's or Service's port (a number or a container port's name) as a number."""
+    if isinstance(port, int):
+        return port
+    by_name = {p["name"]: p["containerPort"] for p in container()["ports"]}
+    assert port in by_name, f"no container port named {port!r}"
+    return int(by_name[port])
+
+
+def dockerfile_uid() -> int:
+    user = only(final_stage(), "USER").split(":")[0]
+    assert user.isdigit(), f"USER {user!r}: use a numeric uid so runAsNonRoot can verify it"
+    return int(user)
+
+
+@cache
+def gateway_app() -> GatewayApp:
+    """The gateway built from the ConfigMap's config (the lifespan is not run: no AWS calls)."""
+    config = configmap_config()
+    return create_app(config, environ=dict.fromkeys(env_names(config), "placeholder-secret"))
+
+
+def real_paths() -> set[str]:
+    return {route.path for route in gateway_app().control.routes if isinstance(route, APIRoute)}
+
+
+def not_yet_started_status(path: str) -> int:
+    """The status the gateway answers ``path`` with before its start-up has finished."""
+    return TestClient(gateway_app()).get(path).status_code
+
+
+# ---- Dockerfile ------------------------------------------------------------------------------
+
+
+def test_dockerfile_is_multi_stage_on_python_311_slim() -> None:
+    instructions = dockerfile_instructions()
+    args = dict(
+        rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
+    )
+    bases = []
+    for keyword, rest in instructions:
+        if keyword == "FROM":
+            image = rest.split()[0]
+            bases.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image))
+    assert len(bases) >= 2, "expected a builder stage and a runtime stage"
+    assert set(bases) == {"python:3.11-slim"}
+
+
+def test_dockerfile_builds_a_wheel_and_installs_only_it() -> None:
+    instructions = dockerfile_instructions()
+    builder = instructions[: len(instructions) - len(final_stage())]
+    assert any(kw == "RUN" and "pip wheel" in rest for kw, rest in builder)
+    runs = " ".join(rest for kw, rest in final_stage() if kw == "RUN")
+    assert "pip install" in runs
+    assert "--no-index" in runs, "the runtime stage installs from the builder's wheels only"
+    assert ".whl" in runs or "bedrock-gateway" in runs
+    all_runs = " ".join(rest for kw, rest in instructions if kw == "RUN")
+    assert "[dev]" not in all_runs, "no dev extras in the image"
+    copies = [rest for kw, rest in final_stage() if kw in {"COPY", "ADD"}]
+    assert not any("gateway" in rest.split() for rest in copies), "no source tree in the image"
+
+
+def test_dockerfile_runs_as_non_root() -> None:
+    assert dockerfile_uid() != 0
+    assert only(final_stage(), "USER").split(":")[0] != "root"
+
+
+def test_dockerfile_environment() -> None:
+    env = " ".join(rest for kw, rest in final_stage() if kw == "ENV")
+    assert re.search(r"\bPYTHONDONTWRITEBYTECODE=1\b", env)
+    assert re.search(r"\bPYTHONUNBUFFERED=1\b", env)
+
+
+def test_dockerfile_entrypoint_and_cmd_parse_with_the_cli() -> None:
+    assert json_array(only(final_stage(), "ENTRYPOINT")) == ["bedrock-gateway"]
+    args = build_parser().parse_args(dockerfile_cmd())
+    assert args.command == "serve"
+    assert args.config == "/etc/bedrock-gateway/gateway.yaml"
+    assert args.host == "0.0.0.0"
+    assert exposed_ports() == {args.port or 8080}
+
+
+def test_dockerfile_healthcheck_uses_stdlib_against_live() -> None:
+    healthcheck = only(final_stage(), "HEALTHCHECK")
+    options, _, command = healthcheck.partition("CMD ")
+    assert command, "HEALTHCHECK needs a CMD"
+    argv = json_array(command)
+    assert argv[0] == "python", "slim images have no curl: use Python's urllib"
+    urls = re.findall(r"https?://[^'\"\s]+", " ".join(argv))
+    assert len(urls) == 1
+    url = urlsplit(urls[0])
+    assert url.path in real_paths()
+    assert not_yet_started_status(url.path) == 200, "a liveness check must not wait on readiness"
+    assert url.port in exposed_ports()
+    assert "--timeout=" in options
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    patterns = {
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for needed in (".venv", ".git", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".env"):
+        assert needed in patterns, f".dockerignore should exclude {needed}"
+    for copied in ("pyproject.toml", "README.md", "gateway"):
+        assert copied not in patterns, f"the Dockerfile copies {copied}"
+
+
+# ---- docker-compose.yml ----------------------------------------------------------------------
+
+
+def test_compose_services() -> None:
+    assert set(compose()["services"]) == {"redis", "simulator", "gateway"}
+    redis = service("redis")
+    assert redis["image"] == "redis:7-alpine"
+    assert redis["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+
+
+def test_compose_gateway_config_is_mounted_and_valid() -> None:
+    gateway = service("gateway")
+    args = build_parser().parse_args(compose_command(gateway))
+    assert args.command == "serve"
+    source, read_only = compose_mount(gateway, args.config)
+    assert read_only, "mount the config read-only"
+    assert source == ROOT / "config" / "compose.yaml"
+    assert source.is_file()
+    load_config(source)  # raises ConfigError when the gateway would refuse it
+
+
+def test_compose_gateway_port_is_published_on_loopback_only() -> None:
+    gateway = service("gateway")
+    args = build_parser().parse_args(compose_command(gateway))
+    config = load_config(compose_mount(gateway, args.config)[0])
+    port = args.port if args.port is not None else config.server.port
+    host = args.host if args.host is not None else config.server.host
+    assert host == "0.0.0.0", "inside a container the gateway must listen on every interface"
+    assert port in exposed_ports()
+    published = gateway["ports"]
+    assert published
+    for mapping in published:
+        host_ip, _host_port, container_port = str(mapping).split(":")
+        assert host_ip == "127.0.0.1"
+        assert int(container_port) == port
+
+
+def test_compose_simulator_is_the_gateways_upstream() -> None:
+    simulator, gateway = service(SIMULATOR_SERVICE), service("gateway")
+    assert simulator.get("build") == gateway.get("build") == "."
+    assert simulator.get("image") == gateway.get("image")
+    args = build_parser().parse_args(compose_command(simulator))
+    assert args.command == "simulator"
+    assert args.host == "0.0.0.0"
+    assert args.port == 9100
+    config = load_config(compose_mount(gateway, "/etc/bedrock-gateway/gateway.yaml")[0])
+    endpoints = [a.endpoint_url for a in config.accounts.values()]
+    assert endpoints
+    for endpoint in endpoints:
+        assert endpoint is not None, "every compose account must call the simulator, not AWS"
+        url = urlsplit(endpoint)
+        assert (url.hostname, url.port) == (SIMULATOR_SERVICE, args.port)
+    health = " ".join(simulator.get("healthcheck", {}).get("test", []))
+    if health:  # the image's HEALTHCHECK probes the gateway's port, not the simulator's
+        assert f":{args.port}/health" in health
+
+
+def test_compose_gateway_depends_on_redis_and_simulator() -> None:
+    depends = service("gateway")["depends_on"]
+    assert depends["redis"]["condition"] == "service_healthy"
+    assert depends[SIMULATOR_SERVICE]["condition"] == "service_started"
+
+
+def test_compose_secrets_come_from_the_environment_with_fake_defaults() -> None:
+    gateway = service("gateway")
+    config = load_config(compose_mount(gateway, "/etc/bedrock-gateway/gateway.yaml")[0])
+    environment = gateway["environment"]
+    assert isinstance(environment, dict)
+    names = env_names(config)
+    assert names, "the compose config should read its secrets from the environment"
+    for name in names:
+        assert name in environment, f"config/compose.yaml reads {name}; compose does not set it"
+        match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", str(environment[name]))
+        assert match, f"{name}: use ${{{name}:-fake-default}}"
+        assert match.group(1) == name
+        assert "FAKE" in match.group(2).upper(), f"{name}: the default must look fake"
+
+
+def test_compose_stop_grace_covers_the_drain() -> None:
+    gateway = service("gateway")
+    config = load_config(compose_mount(gateway, "/etc/bedrock-gateway/gateway.yaml")[0])
+    assert duration_s(gateway["stop_grace_period"]) > config.server.shutdown_grace_s
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker binary")
+def test_docker_compose_config_accepts_the_file() -> None:
+    plugin = subprocess.run(
+        ["docker", "compose", "version"], capture_output=True, text=True, check=False
+    )
+    if plugin.returncode != 0:
+        pytest.skip(f"docker has no compose plugin: {plugin.stderr.strip()[:200]}")
+    result = subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ---- deploy/kubernetes -----------------------------------------------------------------------
+
+
+def test_every_manifest_parses() -> None:
+    files = k8s_files()
+    assert files
+    for path in files:
+        documents = list(k8s_documents(path))
+        assert documents, f"{path.name} is empty"
+        for document in documents:
+            assert document.get("apiVersion"), path.name
+            assert document.get("kind"), path.name
+            if document["kind"] != "Kustomization":
+                assert document["metadata"]["name"], path.name
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
+    resources = kustomization()["resources"]
+    assert len(resources) == len(set(resources)), "a resource is listed twice"
+    on_disk = {p.name for p in k8s_files()} - {"kustomization.yaml", SECRET_TEMPLATE}
+    assert set(resources) == on_disk
+    assert SECRET_TEMPLATE not in resources, "applying placeholders would overwrite real secrets"
+    assert (K8S / SECRET_TEMPLATE).is_file()
+
+
+def test_manifests_share_the_kustomization_namespace() -> None:
+    namespace = kustomization()["namespace"]
+    assert manifest("Namespace")["metadata"]["name"] == namespace
+    for name in [*kustomization()["resources"], SECRET_TEMPLATE]:
+        for document in k8s_documents(K8S / name):
+            if document["kind"] != "Namespace":
+                assert document["metadata"].get("namespace") == namespace, name
+
+
+def test_configmap_config_is_valid() -> None:
+    config = configmap_config()  # raises ConfigError when the gateway would refuse it
+    assert config.server.host == "0.0.0.0"
+
+
+def test_deployment_command_and_config_mount() -> None:
+    spec = manifest("Deployment")["spec"]
+    assert spec["replicas"] == 3
+    pod = spec["template"]["spec"]
+    args = build_parser().parse_args(container().get("args", dockerfile_cmd()))
+    assert args.command == "serve"
+    config_path = PurePosixPath(args.config)
+    mounts = {m["mountPath"]: m for m in container()["volumeMounts"]}
+    assert str(config_path.parent) in mounts
+    mount = mounts[str(config_path.parent)]
+    assert mount.get("readOnly") is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == manifest("ConfigMap")["metadata"]["name"]
+    items = {item["path"]: item["key"] for item in volume["configMap"].get("items", [])}
+    assert items.get(config_path.name, config_path.name) == "gateway.yaml"
+    config = configmap_config()
+    port = args.port if args.port is not None else config.server.port
+    assert named_port("http") == port
+
+
+def test_probes_use_the_gateways_health_paths() -> None:
+    paths = real_paths()
+    ready, live = container()["readinessProbe"], container()["livenessProbe"]
+    assert ready["httpGet"]["path"] in paths
+    assert live["httpGet"]["path"] in paths
+    # readiness must wait for start-up (credentials); liveness must not, or pods never start
+    assert not_yet_started_status(ready["httpGet"]["path"]) == 503
+    assert not_yet_started_status(live["httpGet"]["path"]) == 200
+    if "startupProbe" in container():
+        startup = container()["startupProbe"]["httpGet"]["path"]
+        assert not_yet_started_status(startup) == 200
+    port = configmap_config().server.port
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if probe in container():
+            assert named_port(container()[probe]["httpGet"]["port"]) == port, probe
+
+
+def test_termination_grace_exceeds_prestop_plus_drain() -> None:
+    pod = manifest("Deployment")["spec"]["template"]["spec"]
+    command = container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = float(command[1])
+    assert 0 < pre_stop <= 15
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > configmap_config().server.shutdown_grace_s + pre_stop
+
+
+def test_deployment_security_context() -> None:
+    pod = manifest("Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == dockerfile_uid() != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    context = container()["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert pod.get("automountServiceAccountToken") is False
+
+
+def test_deployment_resources_are_sized_for_one_core() -> None:
+    resources = container()["resources"]
+    assert 0.5 <= cpu_cores(resources["requests"]["cpu"]) <= 1.0
+    assert 1.0 <= cpu_cores(resources["limits"]["cpu"]) <= 2.0
+    assert resources["requests"]["memory"]
+    assert resources["limits"]["memory"]
+    assert configmap_config().server.workers == 1, "one process per pod: scale with replicas"
+
+
+def test_prometheus_scrapes_the_metrics_endpoint() -> None:
+    annotations = manifest("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] in real_paths()
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == configmap_config().server.port
+
+
+def test_secrets_come_from_the_secret_template_keys() -> None:
+    template = next(k8s_documents(K8S / SECRET_TEMPLATE))
+    assert template["kind"] == "Secret"
+    sources = [s["secretRef"]["name"] for s in container()["envFrom"] if "secretRef" in s]
+    assert sources == [template["metadata"]["name"]]
+    values = template["stringData"]
+    assert set(values) == env_names(configmap_config())
+    for name, value in values.items():
+        assert "REPLACE" in value.upper(), f"{name}: the template holds placeholders only"
+
+
+def test_pods_spread_across_zones() -> None:
+    pod_template = manifest("Deployment")["spec"]["template"]
+    labels = pod_template["metadata"]["labels"]
+    constraints = pod_template["spec"]["topologySpreadConstraints"]
+    zone = [c for c in constraints if c["topologyKey"] == "topology.kubernetes.io/zone"]
+    assert len(zone) == 1
+    assert zone[0]["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_service_pdb_and_hpa_select_the_deployment() -> None:
+    deployment = manifest("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    port = configmap_config().server.port
+
+    svc = manifest("Service")["spec"]
+    assert svc["type"] == "ClusterIP"
+    assert svc["selector"].items() <= labels.items()
+    assert [(p["port"], named_port(p["targetPort"])) for p in svc["ports"]] == [(8080, port)]
+
+    pdb = manifest("PodDisruptionBudget")["spec"]
+    assert pdb["minAvailable"] == 2
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["minAvailable"] < deployment["spec"]["replicas"]
+
+    hpa = manifest("HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"]["kind"] == "Deployment"
+    assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert hpa["minReplicas"] > pdb["minAvailable"]
+    assert hpa["maxReplicas"] >= hpa["minReplicas"]
+    cpu = [m["resource"] for m in hpa["metrics"] if m.get("resource", {}).get("name") == "cpu"]
+    assert cpu == [{"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}]
