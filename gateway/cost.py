@@ -1,0 +1,516 @@
+"""Token cost of one request: the input estimate and output cap reserved before forwarding,
+the usage Bedrock reports afterwards (headers, body, stream events) and the quota each costs
+under BEDROCK.md §4 (reserve input + max_tokens × burndown, settle input + cacheWrite + output)."""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# Per-character token weights, calibrated by bench/estimator_error.py against the simulator's
+# tokenizer and then raised by 7 %: an under-estimate admits more than Bedrock will count, an
+# over-estimate only holds capacity until settlement. A word with its space is about one token
+# (English averages ~4.7 letters), every punctuation mark or newline about one, digits go about
+# two to a token, and each non-ASCII character (CJK, Cyrillic, accents) about one.
+LETTER = 0.24  # ASCII letters and spaces
+MARK = 1.12  # ASCII punctuation, symbols, newlines, tabs
+DIGIT = 0.5
+FOREIGN = 1.06  # any non-ASCII character
+SPLIT = 0.5  # see _text
+
+MESSAGE_OVERHEAD = 4  # role markers and separators around each message
+TOOL_OVERHEAD = 4  # framing of each tool definition in the prompt the model sees
+# Images are not decoded, so every image is charged what Claude charges its largest
+# (about 1.15 MP after down-scaling: width × height / 750 ≈ 1,600 tokens).
+IMAGE_TOKENS = 1600
+MEDIA_TOKENS = 3000  # video / audio: no size the estimator can read cheaply
+UNSEEN_DOCUMENT_TOKENS = 3000  # a document by reference (S3, URL, file id): about a dense page
+BYTES_PER_TOKEN = 3.5  # documents sent as base64 bytes (PDF, DOCX, …): only the size is known
+_NESTING = 8  # tool results inside tool results: deeper than this is costed as raw JSON
+
+_SPARSE = (string.ascii_letters + " ").encode()  # deleted to leave marks and digits
+_DIGITS = string.digits.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a request may cost before it runs: estimated input and its output cap."""
+
+    input_tokens: int
+    max_output_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What Bedrock reports a request cost."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+def estimate(operation: str, body: Mapping[str, Any], *, default_max_tokens: int) -> Estimate:
+    """Estimate a request before forwarding it. ``default_max_tokens`` is the model's maximum
+    output, what Bedrock reserves when the body sets no cap. A cap the body does set is kept
+    as sent, even above the model's maximum: Bedrock rejects that request, and second-guessing
+    the client here would only hide the error."""
+    if operation in ("converse", "converse-stream"):
+        cost = _converse(body)
+        config = body.get("inferenceConfig")
+        requested = config.get("maxTokens") if isinstance(config, dict) else None
+        budget = _thinking_budget(body.get("additionalModelRequestFields"))
+    elif operation in ("invoke", "invoke-with-response-stream"):
+        cost = _invoke(body)
+        requested = _requested_max(body)
+        budget = _thinking_budget(body)
+    else:
+        raise ValueError(f"not a model operation: {operation!r}")
+    return Estimate(math.ceil(cost), _max_output(requested, budget, default_max_tokens))
+
+
+def reservation(est: Estimate, burndown: float) -> int:
+    """Quota to hold while the request runs: input + max output × burndown."""
+    return est.input_tokens + _burn(est.max_output_tokens, burndown)
+
+
+def charge(usage: Usage, burndown: float) -> int:
+    """Quota a finished request costs: input + cache writes + output × burndown.
+    Cache reads are free against the quota."""
+    return usage.input_tokens + usage.cache_write_tokens + _burn(usage.output_tokens, burndown)
+
+
+def _burn(tokens: int, burndown: float) -> int:
+    if not burndown >= 0:  # also catches NaN
+        raise ValueError(f"burndown must be >= 0, got {burndown}")
+    # Rounded first so float noise (10 × 0.7 = 7.000000000000001) does not add a token.
+    return math.ceil(round(tokens * burndown, 6))
+
+
+# --- output cap ----------------------------------------------------------------------
+
+_MAX_KEYS = (
+    "max_tokens",  # Anthropic, Mistral, Cohere, AI21, OpenAI-style
+    "max_gen_len",  # Meta Llama
+    "max_completion_tokens",
+    "max_tokens_to_sample",  # Anthropic Text Completions
+    "maxTokens",
+)
+_CONFIGS = ("inferenceConfig", "textGenerationConfig")  # Amazon Nova, Amazon Titan
+_CONFIG_MAX_KEYS = ("max_new_tokens", "maxTokens", "maxTokenCount")
+
+
+def _requested_max(body: Mapping[str, Any]) -> Any:
+    for key in _MAX_KEYS:
+        if key in body:
+            return body[key]
+    for name in _CONFIGS:
+        config = body.get(name)
+        if isinstance(config, dict):
+            for key in _CONFIG_MAX_KEYS:
+                if key in config:
+                    return config[key]
+    return None
+
+
+def _thinking_budget(fields: Any) -> Any:
+    thinking = fields.get("thinking") if isinstance(fields, dict) else None
+    return thinking.get("budget_tokens") if isinstance(thinking, dict) else None
+
+
+def _max_output(requested: Any, budget: Any, default: int) -> int:
+    # Absent or malformed: Bedrock reserves the model maximum, so do we.
+    cap = requested if _is_count(requested) else default
+    if _is_count(budget):  # interleaved thinking may budget past max_tokens; never past the model
+        cap = max(cap, min(budget, default))
+    return max(1, cap)
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int  # not bool, not float
+
+
+# --- text ----------------------------------------------------------------------------
+
+
+def _text(text: str) -> float:
+    # C-speed passes only (encode, translate, count): a per-character Python loop or regex
+    # would cost ten times the budget of the whole estimate.
+    if text.isascii():
+        return _ascii(text.encode(), 0)
+    raw = text.encode("ascii", "ignore")
+    foreign = len(text) - len(raw)
+    # An accented letter splits the Latin word it sits in ("después"): at most one extra
+    # token per foreign character, and no more than about one per ASCII word.
+    return _ascii(raw, foreign) + min(foreign, len(raw) / 6) * SPLIT
+
+
+def _ascii(raw: bytes, foreign: int) -> float:
+    dense = raw.translate(None, _SPARSE)
+    marks = len(dense.translate(None, _DIGITS))
+    return (
+        (len(raw) - len(dense)) * LETTER
+        + marks * MARK
+        + (len(dense) - marks) * DIGIT
+        + foreign * FOREIGN
+    )
+
+
+def _json(value: Any) -> float:
+    """A structured value (tool input, schema) as the model sees it: compact JSON text."""
+    if isinstance(value, str):
+        return _text(value)
+    try:
+        raw = orjson.dumps(value)
+    except orjson.JSONEncodeError:  # not JSON at all (or absurdly deep): Bedrock rejects it
+        return 0.0
+    return _ascii(raw, 0) if raw.isascii() else _text(raw.decode())
+
+
+def _base64(data: Any) -> float:
+    return len(data) * 0.75 / BYTES_PER_TOKEN if isinstance(data, str | bytes) else 0.0
+
+
+# --- InvokeModel bodies --------------------------------------------------------------
+
+
+def _invoke(body: Mapping[str, Any]) -> float:
+    if isinstance(body.get("messages"), list):  # Anthropic, Nova, OpenAI-style, AI21
+        return _messages(body, body["messages"])
+    for key in ("inputText", "prompt"):  # Titan; Llama, Mistral, Cohere Command, DeepSeek
+        if isinstance(body.get(key), str):
+            return _text(body[key])
+    if isinstance(body.get("message"), str):  # Cohere Command R
+        return _cohere(body)
+    return _json(body)  # unknown shape: every character of it, on the safe side
+
+
+def _messages(body: Mapping[str, Any], messages: list[Any]) -> float:
+    cost = _content(body.get("system"), 0)
+    for message in messages:
+        if isinstance(message, dict):
+            cost += MESSAGE_OVERHEAD + _content(message.get("content"), 0)
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        cost += sum(_tool(tool) for tool in tools)
+    config = body.get("toolConfig")  # Nova carries Converse's tool config
+    if isinstance(config, dict):
+        cost += _converse_tools(config)
+    return cost
+
+
+def _content(content: Any, depth: int) -> float:
+    if isinstance(content, str):
+        return _text(content)
+    if not isinstance(content, list):
+        return 0.0
+    if depth > _NESTING:
+        return _json(content)
+    cost = 0.0
+    for block in content:
+        if isinstance(block, dict):
+            kind = block.get("type")
+            cost += _block(block, kind, depth) if kind else _converse_block(block, depth)
+    return cost
+
+
+def _block(block: Mapping[str, Any], kind: Any, depth: int) -> float:
+    """One Anthropic content block."""
+    if kind == "text":
+        return _text(block["text"]) if isinstance(block.get("text"), str) else 0.0
+    if kind in ("image", "image_url"):  # image_url: OpenAI-style bodies
+        return IMAGE_TOKENS
+    if kind == "tool_use":
+        return _json(block.get("name") or "") + _json(block.get("input") or {})
+    if kind == "tool_result":
+        return _content(block.get("content"), depth + 1)
+    if kind == "document":
+        return _document(block.get("source"), depth)
+    if kind == "thinking":
+        return _text(block["thinking"]) if isinstance(block.get("thinking"), str) else 0.0
+    if kind == "redacted_thinking":
+        return _base64(block.get("data"))
+    return _json(block)  # a block type this estimator does not know: all of it
+
+
+def _document(source: Any, depth: int) -> float:
+    if not isinstance(source, dict):
+        return 0.0
+    kind, data = source.get("type"), source.get("data")
+    if kind == "text" and isinstance(data, str):
+        return _text(data)
+    if kind == "base64":
+        return _base64(data)
+    if kind == "content":
+        return _content(source.get("content"), depth + 1)
+    return UNSEEN_DOCUMENT_TOKENS  # url / file id: the estimator cannot see it
+
+
+def _tool(tool: Any) -> float:
+    if not isinstance(tool, dict):
+        return 0.0
+    if isinstance(tool.get("toolSpec"), dict):
+        return _tool_spec(tool["toolSpec"])
+    spec = tool.get("function")  # OpenAI-style
+    if isinstance(spec, dict):
+        return _tool_parts(spec.get("name"), spec.get("description"), spec.get("parameters"))
+    if "input_schema" in tool:
+        return _tool_parts(tool.get("name"), tool.get("description"), tool["input_schema"])
+    return TOOL_OVERHEAD + _json(tool)  # a server tool (bash, web search): only its JSON
+
+
+def _tool_parts(name: Any, description: Any, schema: Any) -> float:
+    return TOOL_OVERHEAD + _json(name or "") + _json(description or "") + _json(schema or {})
+
+
+def _cohere(body: Mapping[str, Any]) -> float:
+    cost = _text(body["message"]) + _json(body.get("preamble") or "")
+    history = body.get("chat_history")
+    for turn in history if isinstance(history, list) else ():
+        if isinstance(turn, dict):
+            cost += MESSAGE_OVERHEAD + _json(turn.get("message") or "")
+    return cost + _json(body.get("documents") or "") + _json(body.get("tools") or "")
+
+
+# --- Converse bodies -----------------------------------------------------------------
+
+
+def _converse(body: Mapping[str, Any]) -> float:
+    cost = _content(body.get("system"), 0)
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, dict):
+            cost += MESSAGE_OVERHEAD + _content(message.get("content"), 0)
+    config = body.get("toolConfig")
+    return cost + (_converse_tools(config) if isinstance(config, dict) else 0.0)
+
+
+def _converse_tools(config: Mapping[str, Any]) -> float:
+    tools = config.get("tools")
+    if not isinstance(tools, list):
+        return 0.0
+    return sum(_tool_spec(t["toolSpec"]) for t in tools if _has_dict(t, "toolSpec"))
+
+
+def _tool_spec(spec: Mapping[str, Any]) -> float:
+    schema = spec.get("inputSchema")
+    schema = schema.get("json") if isinstance(schema, dict) else None
+    return _tool_parts(spec.get("name"), spec.get("description"), schema)
+
+
+def _has_dict(value: Any, key: str) -> bool:
+    return isinstance(value, dict) and isinstance(value.get(key), dict)
+
+
+def _converse_block(block: Mapping[str, Any], depth: int) -> float:
+    """One Converse (or Nova) content block: a union, so normally a single key."""
+    cost = 0.0
+    for key, value in block.items():
+        if key == "text":
+            cost += _text(value) if isinstance(value, str) else 0.0
+        elif key == "image":
+            cost += IMAGE_TOKENS
+        elif key in ("video", "audio"):
+            cost += MEDIA_TOKENS
+        elif key == "document" and isinstance(value, dict):
+            cost += _converse_document(value, depth)
+        elif key == "toolUse" and isinstance(value, dict):
+            cost += _json(value.get("name") or "") + _json(value.get("input") or {})
+        elif key == "toolResult" and isinstance(value, dict):
+            cost += _content(value.get("content"), depth + 1)
+        elif key in ("reasoningContent", "guardContent") and isinstance(value, dict):
+            cost += _wrapped(value)
+        elif key != "cachePoint":  # cache points cost nothing; anything unknown costs its JSON
+            cost += _json(value)
+    return cost
+
+
+def _converse_document(document: Mapping[str, Any], depth: int) -> float:
+    cost = _json(document.get("name") or "")
+    source = document.get("source")
+    if not isinstance(source, dict):
+        return cost
+    if isinstance(source.get("text"), str):
+        return cost + _text(source["text"])
+    if "bytes" in source:
+        return cost + _base64(source["bytes"])
+    if "content" in source:
+        return cost + _content(source["content"], depth + 1)
+    return cost + UNSEEN_DOCUMENT_TOKENS  # s3Location
+
+
+def _wrapped(value: Mapping[str, Any]) -> float:
+    # reasoningContent {reasoningText: {text}} | {redactedContent: b64};
+    # guardContent {text: {text}} | {image: …}
+    cost = 0.0
+    for key, inner in value.items():
+        if isinstance(inner, dict) and isinstance(inner.get("text"), str):
+            cost += _text(inner["text"])
+        elif key == "image":
+            cost += IMAGE_TOKENS
+        elif key == "redactedContent":
+            cost += _base64(inner)
+    return cost
+
+
+# --- reported usage ------------------------------------------------------------------
+
+_HEADERS = {
+    b"x-amzn-bedrock-input-token-count": 0,
+    b"x-amzn-bedrock-output-token-count": 1,
+    b"x-amzn-bedrock-cache-read-input-token-count": 2,
+    b"x-amzn-bedrock-cache-write-input-token-count": 3,
+}
+# (input, output, cache read, cache write) key names, by response family.
+_CONVERSE_KEYS = ("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens")
+_INVOKE_KEYS = (
+    ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"),
+    ("inputTokens", "outputTokens", "cacheReadInputTokenCount", "cacheWriteInputTokenCount"),
+    ("prompt_tokens", "completion_tokens", "", ""),  # OpenAI-style (Mistral, gpt-oss, …)
+)
+_METRICS_KEYS = (
+    "inputTokenCount",
+    "outputTokenCount",
+    "cacheReadInputTokenCount",
+    "cacheWriteInputTokenCount",
+)
+
+
+def usage_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> Usage | None:
+    """Usage from InvokeModel's ``X-Amzn-Bedrock-*-Token-Count`` response headers, or None
+    when the input or output count is missing or not a number."""
+    counts: list[int | None] = [None, None, 0, 0]
+    for name, value in headers:
+        slot = _HEADERS.get(name.lower())
+        if slot is not None:
+            counts[slot] = int(value) if value.strip().isdigit() else None
+    return _usage(*counts)
+
+
+def usage_from_body(operation: str, body: bytes) -> Usage | None:
+    """Usage from a non-streaming response body (Converse ``usage``; Anthropic, Nova or
+    OpenAI-style ``usage`` on InvokeModel), or None if the body does not carry one."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    if operation in ("converse", "converse-stream"):
+        return _usage_from(usage, _CONVERSE_KEYS)
+    for keys in _INVOKE_KEYS:
+        if keys[0] in usage:
+            return _usage_from(usage, keys)
+    return None
+
+
+def _usage_from(
+    fields: Mapping[str, Any], keys: tuple[str, str, str, str], read: int = 0, write: int = 0
+) -> Usage | None:
+    # Cache counts are optional (absent or null when caching is off); the others are not.
+    cache_read, cache_write = fields.get(keys[2]), fields.get(keys[3])
+    return _usage(
+        fields.get(keys[0]),
+        fields.get(keys[1]),
+        read if cache_read is None else cache_read,
+        write if cache_write is None else cache_write,
+    )
+
+
+def _usage(inp: Any, out: Any, read: Any, write: Any) -> Usage | None:
+    if all(_is_count(n) and n >= 0 for n in (inp, out, read, write)):
+        return Usage(inp, out, read, write)
+    return None
+
+
+class StreamUsage:
+    """Usage gathered from a response stream's decoded events as they pass.
+
+    Reported counts win; until they arrive, the output so far is estimated from the text
+    deltas, so a stream cut short can still be settled on what it delivered."""
+
+    __slots__ = ("_final", "_input", "_output", "_read", "_streamed", "_write")
+
+    def __init__(self) -> None:
+        self._final: Usage | None = None  # Converse metadata / Bedrock invocation metrics
+        self._input: int | None = None  # Anthropic message_start
+        self._output: int | None = None  # Anthropic message_delta: cumulative, so the last
+        self._read = self._write = 0
+        self._streamed = 0.0  # estimated tokens of the deltas seen
+
+    def feed_converse_event(self, event_type: str, payload: Mapping[str, Any]) -> None:
+        """One ConverseStream event: ``metadata`` carries the usage (it comes last)."""
+        if event_type == "metadata" and isinstance(payload.get("usage"), dict):
+            self._final = _usage_from(payload["usage"], _CONVERSE_KEYS) or self._final
+        elif event_type == "contentBlockDelta":
+            self._streamed += _delta(payload.get("delta"))
+
+    def feed_invoke_chunk(self, chunk: Mapping[str, Any]) -> None:
+        """One decoded InvokeModelWithResponseStream chunk (the model-native JSON)."""
+        kind = chunk.get("type")
+        if kind == "message_start" and _has_dict(chunk, "message"):
+            self._take(chunk["message"].get("usage"), final=False)
+        elif kind == "message_delta":
+            self._take(chunk.get("usage"), final=True)
+        elif kind == "content_block_delta":
+            self._streamed += _delta(chunk.get("delta"))
+        metrics = chunk.get("amazon-bedrock-invocationMetrics")  # in the last chunk
+        if isinstance(metrics, dict):  # Bedrock's own count: wins, cache counts filled in
+            final = _usage_from(metrics, _METRICS_KEYS, self._read, self._write)
+            self._final = final or self._final
+
+    def _take(self, usage: Any, *, final: bool) -> None:
+        # message_start's output count is a placeholder (about 1); only message_delta's,
+        # cumulative, says what the response cost.
+        if not isinstance(usage, dict):
+            return
+        for key, value in usage.items():
+            if not (_is_count(value) and value >= 0):
+                continue
+            if key == "input_tokens":
+                self._input = value
+            elif key == "output_tokens" and final:
+                self._output = value
+            elif key == "cache_read_input_tokens":
+                self._read = value
+            elif key == "cache_creation_input_tokens":
+                self._write = value
+
+    def usage(self) -> Usage | None:
+        """The reported usage, once the stream has carried both input and output counts."""
+        if self._final is not None:
+            return self._final
+        if self._input is None or self._output is None:
+            return None
+        return Usage(self._input, self._output, self._read, self._write)
+
+    def best_known(self, est: Estimate) -> Usage:
+        """What to settle on when the stream ends early: reported counts where known, else
+        the estimated input and the larger of reported and streamed output."""
+        if self._final is not None:
+            return self._final
+        streamed = math.ceil(self._streamed)
+        output = streamed if self._output is None else max(self._output, streamed)
+        inp = est.input_tokens if self._input is None else self._input
+        return Usage(inp, output, self._read, self._write)
+
+
+_DELTA_TEXT = ("text", "thinking", "partial_json", "input")
+
+
+def _delta(delta: Any) -> float:
+    # Anthropic {type, text | thinking | partial_json}; Converse {text} | {toolUse: {input}}
+    # | {reasoningContent: {text}}: text at most one level down.
+    if not isinstance(delta, dict):
+        return 0.0
+    cost = 0.0
+    for value in delta.values():
+        inner = value.values() if isinstance(value, dict) else (value,)
+        cost += sum(_text(v) for v in inner if isinstance(v, str))
+    return cost
