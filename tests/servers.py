@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import uvicorn
+import uvloop
 
 
 def free_port() -> int:
@@ -48,7 +49,7 @@ class ServerThread:
             lifespan=self.lifespan,
             ssl_certfile=self.ssl_certfile,
             ssl_keyfile=self.ssl_keyfile,
-            loop="asyncio",
+            loop="uvloop",  # what `serve` runs in production
             timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)
@@ -61,7 +62,7 @@ class ServerThread:
         return f"{scheme}://127.0.0.1:{self.port}"
 
     def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve())
 
@@ -134,10 +135,18 @@ class RedisServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
+        """Terminate the server (its port stays this object's: ``port_restart`` reuses it)."""
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+    def port_restart(self) -> RedisServer:
+        """Start a fresh, empty redis-server on the same port."""
+        self.stop()
+        return self.start()
+
+    def __del__(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -19,11 +19,16 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+async def fresh_store(url: str) -> RedisStore:
+    client = aioredis.Redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    return RedisStore.from_url(url, timeout_s=2.0)
+
+
 @pytest.fixture
 async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
-    client = aioredis.Redis.from_url(redis_server.url)
-    await client.flushdb()
-    store = RedisStore(client)
+    store = await fresh_store(redis_server.url)
     yield store
     await store.close()
 
@@ -35,8 +40,6 @@ async def store(
     if request.param == "memory":
         yield MemoryStore(clock_ms=lambda: 0)
         return
-    client = aioredis.Redis.from_url(redis_server.url)
-    await client.flushdb()
-    redis_store = RedisStore(client)
+    redis_store = await fresh_store(redis_server.url)
     yield redis_store
     await redis_store.close()

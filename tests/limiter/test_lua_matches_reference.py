@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +19,7 @@ from gateway.limiter.core import (
     window_bucket,
 )
 from gateway.limiter.memory import MemoryStore
-from gateway.limiter.redis_store import RedisStore
+from tests.limiter.conftest import fresh_store
 from tests.servers import RedisServer
 
 START = 1_798_761_000_000  # 2026-12-31T23:10Z: runs cross midnight, a month and a year
@@ -79,9 +78,7 @@ def _plan(step: Admit, member: str) -> Plan:
 
 
 async def _run(url: str, steps: list[Admit | Settle]) -> None:
-    client = aioredis.Redis.from_url(url)
-    await client.flushdb()
-    lua, reference = RedisStore(client), MemoryStore()
+    lua, reference = await fresh_store(url), MemoryStore()
     now, open_tickets = START, []
     try:
         for n, step in enumerate(steps):
