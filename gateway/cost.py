@@ -12,18 +12,18 @@ from typing import Any
 
 import orjson
 
-# Per-character token weights, calibrated by bench/estimator_error.py against the simulator's
-# tokenizer and then raised by 7 %: an under-estimate admits more than Bedrock will count, an
-# over-estimate only holds capacity until settlement. A word with its space is about one token
-# (English averages ~4.7 letters), every punctuation mark or newline about one, digits go about
-# two to a token, and each non-ASCII character (CJK, Cyrillic, accents) about one.
+# Per-character token weights, fitted over bench/estimator_error.py's corpus to the simulator's
+# tokenizer and then raised about 7 %: an under-estimate admits more than Bedrock will count,
+# an over-estimate only holds capacity until settlement. Letters and spaces come about four to
+# a token, every punctuation mark or newline is about one, digits go about two to a token, and
+# each non-ASCII character (CJK, Cyrillic, accents) is about one.
 LETTER = 0.24  # ASCII letters and spaces
 MARK = 1.12  # ASCII punctuation, symbols, newlines, tabs
 DIGIT = 0.5
 FOREIGN = 1.06  # any non-ASCII character
 SPLIT = 0.5  # see _text
 
-MESSAGE_OVERHEAD = 4  # role markers and separators around each message
+MESSAGE_OVERHEAD = 4  # role markers and separators around each message (the simulator: 3)
 TOOL_OVERHEAD = 4  # framing of each tool definition in the prompt the model sees
 # Images are not decoded, so every image is charged what Claude charges its largest
 # (about 1.15 MP after down-scaling: width × height / 750 ≈ 1,600 tokens).
@@ -139,8 +139,8 @@ def _is_count(value: Any) -> bool:
 
 
 def _text(text: str) -> float:
-    # C-speed passes only (encode, translate, count): a per-character Python loop or regex
-    # would cost ten times the budget of the whole estimate.
+    # Character classes counted by C-speed passes only (encode, translate): a per-character
+    # Python loop or a regex would cost ten times the budget of the whole estimate.
     if text.isascii():
         return _ascii(text.encode(), 0)
     raw = text.encode("ascii", "ignore")
@@ -510,7 +510,9 @@ def _delta(delta: Any) -> float:
     if not isinstance(delta, dict):
         return 0.0
     cost = 0.0
-    for value in delta.values():
-        inner = value.values() if isinstance(value, dict) else (value,)
-        cost += sum(_text(v) for v in inner if isinstance(v, str))
+    for key, value in delta.items():
+        if isinstance(value, dict):
+            cost += sum(_text(value[k]) for k in _DELTA_TEXT if isinstance(value.get(k), str))
+        elif key in _DELTA_TEXT and isinstance(value, str):
+            cost += _text(value)
     return cost
