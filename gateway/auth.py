@@ -23,6 +23,9 @@ AsgiHeaders = list[tuple[bytes, bytes]]
 class Tenant:
     name: str
     models: frozenset[str] | None
+    batch: bool = False
+    """Its requests queue as batch traffic (after every interactive request)."""
+    max_wait_s: float | None = None
 
     def may_use(self, model_name: str) -> bool:
         return self.models is None or model_name in self.models
@@ -69,7 +72,8 @@ class Authenticator:
         self._bearer: dict[str, tuple[Tenant, str]] = {}
         self._pairs: dict[str, tuple[Tenant, str]] = {}
         for name, config in tenants.items():
-            tenant = Tenant(name, frozenset(config.models) if config.models is not None else None)
+            models = frozenset(config.models) if config.models is not None else None
+            tenant = Tenant(name, models, config.priority == "batch", config.max_wait_s)
             for digest in config.key_sha256:
                 self._bearer[digest] = (tenant, digest)
             for pair in config.access_keys:
@@ -113,7 +117,7 @@ class Authenticator:
                                f"not {auth.service[:32]!r}.")  # fmt: skip
         tenant, secret = entry
         headers: dict[str, list[str]] = {}
-        wanted = set(auth.signed_headers) | {"x-amz-date"}
+        wanted = set(auth.signed_headers) | {"x-amz-date", "host"}
         for name, value in request.headers:
             key = name.decode("latin-1")
             if key in wanted:

@@ -38,6 +38,10 @@ class ServerConfig(_Frozen):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    http: Literal["auto", "h1"] = "auto"
+    """``auto``: HTTP/1.1 and HTTP/2 on the same port (granian), cleartext HTTP/2 with prior
+    knowledge and ALPN ``h2`` over TLS, as the AWS SDK for JavaScript v3 needs. ``h1``:
+    HTTP/1.1 only (uvicorn)."""
     tls: TlsConfig | None = None
     max_body_bytes: Annotated[int, Field(ge=1024, le=25_000_000)] = 25_000_000
     """Largest request body accepted; Bedrock's own limit is 25,000,000 bytes."""
@@ -90,6 +94,21 @@ class LimiterConfig(_Frozen):
         if self.backend == "redis" and not (self.redis_url or self.redis_url_env):
             raise ValueError("backend redis needs redis_url or redis_url_env")
         return self
+
+
+class QueueConfig(_Frozen):
+    """Requests that find no capacity wait for their turn instead of failing."""
+
+    max_wait_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+    """Default longest wait, well under the SDKs' 60 s read timeout; 0 turns queueing off.
+    A request may ask for less with ``x-gateway-max-wait-ms`` (a tenant's ``max_wait_s`` caps
+    what it may ask for)."""
+    max_depth: Annotated[int, Field(ge=1)] = 2000
+    """Most requests waiting per model in one replica; past it: an immediate
+    ThrottlingException with a retry hint."""
+    recheck_s: Annotated[float, Field(gt=0, le=10)] = 1.0
+    """How often a queue's head re-checks the shared store at the least (settlements in other
+    replicas are not observed directly)."""
 
 
 class AccountConfig(_Frozen):
@@ -171,6 +190,13 @@ class TenantConfig(_Frozen):
     tokens_per_month: Annotated[int, Field(ge=1)] | None = None
     """Budget: quota tokens per UTC calendar month."""
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
+    weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    """Share of contended capacity relative to other tenants (fair queueing by quota tokens)."""
+    priority: Literal["interactive", "batch"] = "interactive"
+    """Queue class: batch requests wait until no interactive request is waiting.
+    ``x-gateway-priority: batch`` may lower a request, never raise it."""
+    max_wait_s: Annotated[float, Field(ge=0, le=300)] | None = None
+    """Longest queue wait this tenant's requests may ask for (default: ``queue.max_wait_s``)."""
 
     @field_validator("key_sha256", mode="before")
     @classmethod
@@ -190,6 +216,7 @@ class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     limiter: LimiterConfig = LimiterConfig()
+    queue: QueueConfig = QueueConfig()
     accounts: dict[str, AccountConfig]
     models: dict[str, ModelConfig]
     tenants: dict[str, TenantConfig] = {}

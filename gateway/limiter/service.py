@@ -9,7 +9,7 @@ room and charging it is one round trip to the store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -134,6 +134,12 @@ class Limiter:
             for name, t in tenants.items()
         }  # fmt: skip
         self._routes: dict[Route, _Limits] = {}
+        self._tenant_prefix = f"{{{prefix}}}:tenant:"
+        self.on_capacity: Callable[[Route], None] | None = None
+        """Called after a settlement that gave capacity back (a refund or a released lease)."""
+
+    def is_tenant_limit(self, bucket: Bucket) -> bool:
+        return bucket.key.startswith(self._tenant_prefix)
 
     def _route_limits(self, route: Route) -> _Limits:
         limits = self._routes.get(route)
@@ -205,6 +211,8 @@ class Limiter:
         else:
             await ticket.store.settle(ticket.plan, ticket.admitted, delta)
         self._metrics.settled(ticket.route.label, ticket.tenant, actual, delta)
+        if self.on_capacity is not None and (delta < 0 or ticket.route.max_concurrency):
+            self.on_capacity(ticket.route)
 
     async def ping(self) -> bool:
         return await self._store.ping()

@@ -1,0 +1,1 @@
+"""The overflow queue: requests that find no capacity wait for their turn, fairly."""

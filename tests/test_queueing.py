@@ -1,0 +1,202 @@
+"""The overflow queue over a real limiter and store, driven by settlements, not by time.
+
+The store's clock stands still, so windows never slide: capacity comes back only when a test
+settles an admitted request with a refund, which wakes the queue's head. The order in which
+waiters are admitted is then exactly the queue's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from gateway.catalog import Catalog
+from gateway.config import LimiterConfig, ModelConfig, TenantConfig
+from gateway.errors import Throttled, ValidationError
+from gateway.limiter.memory import MemoryStore
+from gateway.limiter.service import Limiter, Ticket
+from gateway.metrics import Metrics
+from gateway.queueing.dispatcher import Queues
+
+T0 = 1_800_000_000_000
+
+
+def setup(
+    tpm: int = 100, tenants: dict[str, dict[str, Any]] | None = None, max_depth: int = 1000
+) -> tuple[Queues, Limiter, Any]:
+    tenants = tenants or {"a": {}, "b": {}}
+    model = ModelConfig.model_validate(
+        {"model_id": "m", "routes": [{"account": "x", "region": "us-east-1", "tpm": tpm}]}
+    )
+    configs = {name: TenantConfig.model_validate(t) for name, t in tenants.items()}
+    limiter = Limiter(LimiterConfig(), configs, MemoryStore(clock_ms=lambda: T0), Metrics())
+    queues = Queues(
+        limiter, max_depth=max_depth, recheck_s=5,
+        weights={n: c.weight for n, c in configs.items()},
+        is_tenant_limit=limiter.is_tenant_limit,
+    )  # fmt: skip
+    limiter.on_capacity = queues.settled
+    routes = Catalog({"m": model}).resolve("m")
+    assert routes is not None
+    return queues, limiter, routes.routes
+
+
+async def admit(queues: Queues, routes: Any, member: str, tenant: str, cost: int = 100,
+                wait: float = 10, batch: bool = False) -> Ticket:  # fmt: skip
+    ticket, _ = await queues.admit(member, tenant, "m", routes, cost, max_wait_s=wait, batch=batch)
+    return ticket
+
+
+async def drain(limiter: Limiter, tasks: dict[str, asyncio.Task[Ticket]], n: int) -> list[str]:
+    """Let ``n`` waiters through one at a time, refunding each; their order of admission."""
+    order: list[str] = []
+    pending = set(tasks.values())
+    names = {task: name for name, task in tasks.items()}
+    for _ in range(n):
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1  # capacity for exactly one at a time
+        task = done.pop()
+        order.append(names[task])
+        await limiter.settle(task.result(), 0)  # refund: room for the next head
+    for task in pending:
+        task.cancel()
+    return order
+
+
+async def blocked(queues: Queues, limiter: Limiter, routes: Any) -> Ticket:
+    """Fill the pool so that everything after this waits."""
+    return await admit(queues, routes, "blocker", "a")
+
+
+async def test_waiters_are_admitted_when_capacity_returns() -> None:
+    queues, limiter, routes = setup()
+    first = await blocked(queues, limiter, routes)
+    waiting = asyncio.create_task(admit(queues, routes, "w", "b"))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert queues.depth("m") == 1
+    await limiter.settle(first, 0)
+    ticket = await asyncio.wait_for(waiting, 5)
+    assert ticket.route.label == "x/us-east-1/m"
+    await queues.close()
+
+
+@pytest.mark.parametrize(("weights", "expected_a"), [((1, 1), 0.5), ((3, 1), 0.75)])
+async def test_contended_capacity_is_shared_by_weight(
+    weights: tuple[int, int], expected_a: float
+) -> None:
+    tenants = {"a": {"weight": weights[0]}, "b": {"weight": weights[1]}}
+    queues, limiter, routes = setup(tenants=tenants)
+    first = await blocked(queues, limiter, routes)
+    tasks = {}
+    for i in range(60):  # both tenants keep more waiting than gets through
+        for tenant in "ab":
+            tasks[f"{tenant}{i}"] = asyncio.create_task(
+                admit(queues, routes, f"{tenant}{i}", tenant)
+            )
+            await asyncio.sleep(0)
+    await limiter.settle(first, 0)
+    order = await drain(limiter, tasks, 40)
+    shares = Counter(name[0] for name in order)
+    assert shares["a"] / 40 == pytest.approx(expected_a, abs=0.1)
+    await queues.close()
+
+
+async def test_fifo_within_a_tenant_and_batch_after_interactive() -> None:
+    queues, limiter, routes = setup()
+    first = await blocked(queues, limiter, routes)
+    tasks = {}
+    for i in range(4):
+        name = f"batch{i}" if i % 2 else f"inter{i}"
+        tasks[name] = asyncio.create_task(
+            admit(queues, routes, name, "a", batch=name.startswith("batch"))
+        )
+        await asyncio.sleep(0)
+    await limiter.settle(first, 0)
+    assert await drain(limiter, tasks, 4) == ["inter0", "inter2", "batch1", "batch3"]
+    await queues.close()
+
+
+async def test_a_new_arrival_does_not_jump_its_tenants_queue() -> None:
+    """It would fit in the free capacity, but an earlier request of its tenant waits."""
+    queues, limiter, routes = setup(tpm=200)
+    first = await blocked(queues, limiter, routes)
+    big = asyncio.create_task(admit(queues, routes, "big", "b", cost=200))  # needs the whole pool
+    await asyncio.sleep(0)
+    small = asyncio.create_task(admit(queues, routes, "small", "b", cost=100))  # would fit now
+    await asyncio.sleep(0.05)
+    assert not small.done()  # it queued behind big instead of taking the free 100
+    await limiter.settle(first, 0)
+    await limiter.settle(await asyncio.wait_for(big, 5), 0)
+    await asyncio.wait_for(small, 5)
+    await queues.close()
+
+
+async def test_a_tenant_over_its_budget_does_not_block_others() -> None:
+    queues, limiter, routes = setup(tpm=1000, tenants={"a": {"tpm": 100}, "b": {}})
+    await admit(queues, routes, "a-first", "a")  # a's budget is now spent
+    pool_filler = await admit(queues, routes, "filler", "b", cost=900)  # and the pool is full
+    stuck = asyncio.create_task(admit(queues, routes, "a-second", "a", wait=60))
+    await asyncio.sleep(0)
+    other = asyncio.create_task(admit(queues, routes, "b-second", "b"))
+    await asyncio.sleep(0)
+    await limiter.settle(pool_filler, 0)  # the pool has room; a's budget still does not
+    await asyncio.wait_for(other, 5)
+    assert not stuck.done()
+    stuck.cancel()
+    await queues.close()
+
+
+async def test_past_the_deadline_the_answer_is_a_throttle_with_a_hint() -> None:
+    queues, limiter, routes = setup()
+    await blocked(queues, limiter, routes)
+    with pytest.raises(Throttled) as caught:
+        await admit(queues, routes, "late", "b", wait=0.05)  # a real 50 ms timer
+    assert caught.value.retry_after_ms > 0
+    assert queues.depth("m") == 0  # it left the queue
+    await queues.close()
+
+
+async def test_a_spent_day_budget_is_refused_at_once() -> None:
+    queues, _, routes = setup(tpm=1000, tenants={"a": {"tokens_per_day": 100}, "b": {}})
+    await admit(queues, routes, "first", "a")
+    with pytest.raises(Throttled, match="per day"):
+        await admit(queues, routes, "hopeless", "a", wait=5)  # resets at midnight, after 5 s
+    assert queues.depth("m") == 0
+
+
+async def test_a_full_queue_refuses_at_once() -> None:
+    queues, limiter, routes = setup(max_depth=2)
+    await blocked(queues, limiter, routes)
+    waiting = [asyncio.create_task(admit(queues, routes, f"w{i}", "b", wait=120)) for i in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(Throttled, match="queue full"):
+        await admit(queues, routes, "w3", "b", wait=120)
+    for task in waiting:
+        task.cancel()
+    await queues.close()
+
+
+async def test_impossible_requests_fail_validation_even_when_others_wait() -> None:
+    queues, limiter, routes = setup()
+    await blocked(queues, limiter, routes)
+    waiting = asyncio.create_task(admit(queues, routes, "w", "b", wait=120))
+    await asyncio.sleep(0)
+    with pytest.raises(ValidationError):
+        await admit(queues, routes, "huge", "b", cost=10_000)
+    waiting.cancel()
+    await queues.close()
+
+
+async def test_closing_answers_every_waiter() -> None:
+    queues, limiter, routes = setup()
+    await blocked(queues, limiter, routes)
+    waiting = [asyncio.create_task(admit(queues, routes, f"w{i}", "b", wait=120)) for i in range(5)]
+    await asyncio.sleep(0)
+    await queues.close()
+    for task in waiting:
+        with pytest.raises(Throttled, match="shutting down"):
+            await asyncio.wait_for(task, 1)
