@@ -1,0 +1,84 @@
+"""Configuration: every field documented in the example; bad files say file, field, problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from gateway import config as cfg
+from gateway.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config" / "gateway.example.yaml"
+
+
+def _models(model: type[BaseModel]) -> set[type[BaseModel]]:
+    found = {model}
+    for field in model.model_fields.values():
+        for candidate in getattr(field.annotation, "__args__", ()) + (field.annotation,):
+            inner = getattr(candidate, "__args__", (candidate,))
+            for kind in (candidate, *inner):
+                if isinstance(kind, type) and issubclass(kind, BaseModel) and kind not in found:
+                    found |= _models(kind)
+    return found
+
+
+def test_the_example_documents_every_field() -> None:
+    text = EXAMPLE.read_text()
+    missing = sorted(
+        f"{model.__name__}.{name}"
+        for model in _models(cfg.GatewayConfig)
+        for name in model.model_fields
+        if f"{name}:" not in text and f"{name}=" not in text and f"{{{name}" not in text
+    )
+    assert missing == []
+
+
+@pytest.mark.parametrize("path", ["config/gateway.example.yaml", "config/demo.yaml"])
+def test_shipped_configs_are_valid(path: str) -> None:
+    cfg.load_config(ROOT / path)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "problem"),
+    [("accounts: {}\nmodels: {m: {model_id: x, routes: []}}\n", "models.m.routes", "at least 1"),
+     ("accounts: {a: {}}\nmodels: {m: {model_id: x, routes: [{account: b, region: us-east-1}]}}\n",
+      "models.m.routes.0.account", "unknown account"),
+     ("accounts: {}\nmodels: {}\nlimiter: {backend: redis}\n", "limiter", "redis_url"),
+     ("accounts: {}\nmodels: {}\ntenants: {t: {key_sha256: nothex}}\n", "tenants.t.key_sha256",
+      "64 lower-case hex"),
+     ("accounts: {}\nmodels: {}\nsurprise: 1\n", "surprise", "Extra inputs")],
+)  # fmt: skip
+def test_bad_files_name_the_file_the_field_and_the_problem(
+    tmp_path: Path, text: str, field: str, problem: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load_config(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert field in message
+    assert problem in message
+
+
+def test_unreadable_and_non_yaml_files(tmp_path: Path) -> None:
+    with pytest.raises(cfg.ConfigError, match="cannot read"):
+        cfg.load_config(tmp_path / "missing.yaml")
+    (tmp_path / "x.yaml").write_text("a: [unclosed")
+    with pytest.raises(cfg.ConfigError, match="not valid YAML"):
+        cfg.load_config(tmp_path / "x.yaml")
+
+
+def test_check_config_and_serve_exit_2_on_a_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("accounts: {}\n")
+    for argv in (["check-config", str(path)], ["serve", "--config", str(path)]):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2
+    assert "models: Field required" in capsys.readouterr().err
