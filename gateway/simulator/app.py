@@ -27,6 +27,7 @@ from gateway.simulator.asgi import (
     Receive,
     Scope,
     Send,
+    header,
     json_headers,
     read_body,
     send_response,
@@ -35,6 +36,7 @@ from gateway.simulator.asgi import (
 from gateway.simulator.config import PoolOverride, SimulatorConfig
 from gateway.simulator.operations import count_tokens_operation, invoke_or_converse
 from gateway.simulator.pools import PoolRegistry
+from gateway.simulator.servicequotas import service_quotas_operation
 from gateway.simulator.streaming import stream_operation
 from gateway.simulator.wire import error_response, split_model_path
 
@@ -88,6 +90,12 @@ class SimulatorApp:
                 result = count_tokens_operation(await read_body(receive), request_id)
                 await send_response(send, *result)
                 return
+        amz_target = header(scope, b"x-amz-target") if raw_path == b"/" else None
+        if amz_target is not None and method == "POST":
+            body = await read_body(receive)
+            result = service_quotas_operation(self.sim.config, scope, amz_target, body, request_id)
+            await send_response(send, *result)
+            return
         if raw_path.startswith(b"/_simulator/") or raw_path == b"/health":
             await self._control(raw_path, method, scope, receive, send, request_id)
             return

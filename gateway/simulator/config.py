@@ -48,6 +48,20 @@ class PoolOverride(_Frozen):
     mode: Mode | None = None
 
 
+class ServiceQuotaEntry(_Frozen):
+    """One row the Service Quotas stand-in lists for ServiceCode ``bedrock`` (BEDROCK.md §7).
+
+    ``region`` absent: the row exists in every region; a row for one region beats a region-less
+    row of the same name. ``quota_code`` absent: ``L-`` + 8 hex digits derived from the name.
+    """
+
+    quota_name: str = Field(min_length=1)
+    value: float = Field(ge=0)
+    quota_code: str | None = Field(None, pattern=r"^L-[0-9A-F]{8}$")
+    region: str | None = None
+    adjustable: bool = True
+
+
 class LatencyConfig(_Frozen):
     ttft_ms: float = Field(20.0, ge=0)
     per_output_token_ms: float = Field(0.0, ge=0)
@@ -63,6 +77,8 @@ class SimulatorConfig(_Frozen):
     # model-id substring -> output burndown factor; the longest matching key wins, else 1.
     burndown: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_BURNDOWN))
     latency: LatencyConfig = LatencyConfig()
+    # Rows answered by ListServiceQuotas / ListAWSDefaultServiceQuotas (servicequotas.py).
+    service_quotas: tuple[ServiceQuotaEntry, ...] = ()
     default_output_tokens: int = Field(64, ge=0)
     converse_default_max_tokens: int = Field(4096, ge=1)
     # Per pool, entries kept for stats (peak windows, timeline): this long, at most this many.
