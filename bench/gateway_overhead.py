@@ -9,6 +9,12 @@ upstream (bench/http_clients.py's, in its own process):
   in-memory limiter (admit + settle), metrics and the access log;
 * ``gateway-redis``: the same with the Redis limiter (a private redis-server).
 
+``--server`` picks the ASGI server(s) the gateway runs under, in turn: ``uvicorn``
+(``server.http: h1``, HTTP/1.1 only), ``granian`` (``server.http: auto``, HTTP/1.1 + HTTP/2),
+``hypercorn`` (its CLI on the same app factory; not a ``server.http`` choice). The load is
+HTTP/1.1 in every case. CPU is summed over the server's process tree (granian and hypercorn
+serve from a worker process under a supervisor).
+
 The load generator (this process) signs each request with SigV4 like boto3 does and keeps
 ``--concurrency`` requests in flight. The figure that matters is the server process's CPU
 time per request (user + system, read from /proc), which does not depend on how the machine's
@@ -17,6 +23,7 @@ two cores are shared with the client.
 Usage::
 
     .venv/bin/python bench/gateway_overhead.py [--requests 4000] [--concurrency 16] [--rounds 3]
+        [--server uvicorn,granian,hypercorn] [--no-passthrough] [--no-redis]
 """
 
 from __future__ import annotations
@@ -81,9 +88,25 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
 """
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of ``pid`` and every live descendant (workers under a supervisor)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            fields = _stat(current)
+            total += int(fields[11]) + int(fields[12])
+        todo.extend(children.get(current, ()))
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def gateway_config(upstream_base: str, redis_url: str | None) -> dict[str, Any]:
@@ -203,37 +226,60 @@ def measure(
     return best
 
 
+SERVERS = ("uvicorn", "granian", "hypercorn")
+
+
+def server_argv(server: str, config: Path, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command serving the gateway under ``server``, and the environment it needs."""
+    bin_dir = Path(sys.executable).parent
+    if server == "hypercorn":
+        argv = [str(bin_dir / "hypercorn"), "gateway.api.app:app_from_env()",
+                "--bind", f"127.0.0.1:{port}", "--worker-class", "uvloop",
+                "--log-level", "warning"]  # fmt: skip
+        return argv, {"GATEWAY_CONFIG": str(config)}
+    http = "h1" if server == "uvicorn" else "auto"
+    argv = [str(bin_dir / "bedrock-gateway"), "serve", "--config", str(config), "--port",
+            str(port), "--http", http]  # fmt: skip
+    return argv, {}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--server", default="uvicorn",
+                        help=f"comma-separated, from {', '.join(SERVERS)}")  # fmt: skip
+    parser.add_argument("--no-passthrough", action="store_true")
+    parser.add_argument("--no-redis", action="store_true")
     args = parser.parse_args()
-    exe = str(Path(sys.executable).parent / "bedrock-gateway")
+    servers = args.server.split(",")
+    if not set(servers) <= set(SERVERS):
+        parser.error(f"--server takes {', '.join(SERVERS)}")
     env = {"BENCH_KEY": "AKIABENCH", "BENCH_SECRET": "s", "BENCH_TENANT": SECRET}
     print(f"{args.requests} requests x {args.concurrency} in flight, median of {args.rounds} "
           f"rounds; server CPU per request (user+system)\n")  # fmt: skip
     print("| server | CPU ms/request | req/s | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|")
     with upstream_server() as invoke_url, tempfile.TemporaryDirectory() as tmp:
         base = invoke_url.rsplit("/model/", 1)[0]
-        port = free_port()
-        script = Path(tmp, "passthrough.py")
-        script.write_text(PASSTHROUGH)
-        measure("passthrough (aiohttp)", [sys.executable, str(script), str(port), invoke_url],
-                port, env, args)  # fmt: skip
-        redis = RedisServer().start() if shutil.which("redis-server") else None
+        if not args.no_passthrough:
+            port = free_port()
+            script = Path(tmp, "passthrough.py")
+            script.write_text(PASSTHROUGH)
+            measure("passthrough (aiohttp)", [sys.executable, str(script), str(port), invoke_url],
+                    port, env, args)  # fmt: skip
+        use_redis = shutil.which("redis-server") and not args.no_redis
+        redis = RedisServer().start() if use_redis else None
         try:
-            for name, url in (
-                ("gateway, memory limiter", None),
-                ("gateway, redis limiter", redis.url if redis else None),
-            ):
-                if name.endswith("redis limiter") and redis is None:
-                    continue
-                config = Path(tmp, "gw.yaml")
-                config.write_text(yaml.safe_dump(gateway_config(base, url)))
-                port = free_port()
-                measure(name, [exe, "serve", "--config", str(config), "--port", str(port)],
-                        port, env, args, url)  # fmt: skip
+            limiters = [("memory", None)] + ([("redis", redis.url)] if redis else [])
+            for server in servers:
+                for limiter, url in limiters:
+                    config = Path(tmp, "gw.yaml")
+                    config.write_text(yaml.safe_dump(gateway_config(base, url)))
+                    port = free_port()
+                    argv, extra = server_argv(server, config, port)
+                    measure(f"gateway ({server}), {limiter} limiter", argv, port,
+                            {**env, **extra}, args, url)  # fmt: skip
         finally:
             if redis:
                 redis.stop()

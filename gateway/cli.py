@@ -1,9 +1,10 @@
-"""The ``bedrock-gateway`` command: serve, simulator, demo, check-config, hash-key."""
+"""The ``bedrock-gateway`` command: serve, simulator, demo, check-config, hash-key, quotas."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -24,7 +25,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port),
-                                   ("workers", args.workers)) if v is not None}  # fmt: skip
+                                   ("workers", args.workers), ("http", args.http))
+                 if v is not None}  # fmt: skip
     if overrides:
         config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
     try:
@@ -67,6 +69,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, args.duration)
 
 
+def _quotas_sync(args: argparse.Namespace) -> int:
+    from gateway.quotas.command import run_sync
+
+    return run_sync(args.config, write=args.write, environ=os.environ, out=sys.stdout,
+                    err=sys.stderr)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bedrock-gateway", description="Rate-limiting gateway for Amazon Bedrock Runtime."
@@ -78,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
+    serve.add_argument(
+        "--http", choices=("auto", "h1"),
+        help="auto: HTTP/1.1 + HTTP/2 (granian); h1: HTTP/1.1 only (uvicorn)",
+    )  # fmt: skip
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check-config", help="validate a configuration file offline")
@@ -103,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit after this many seconds (default: serve until Ctrl-C)",
     )  # fmt: skip
     demo.set_defaults(func=_demo)
+
+    quotas = sub.add_parser("quotas", help="compare route quotas with AWS Service Quotas")
+    quotas_sub = quotas.add_subparsers(dest="quotas_command", required=True)
+    sync = quotas_sub.add_parser(
+        "sync",
+        help="show where route tpm/rpm/tokens_per_day differ from the applied quotas",
+        description="Exit 0: in sync (or written); 1: differences and no --write; 2: error.",
+    )
+    sync.add_argument("--config", required=True, help="YAML configuration file")
+    sync.add_argument(
+        "--write", action="store_true", help="update the file (comments and layout kept)"
+    )
+    sync.set_defaults(func=_quotas_sync)
     return parser
 
 

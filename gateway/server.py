@@ -1,22 +1,28 @@
-"""Running the gateway under uvicorn: one process, or several workers sharing a port."""
+"""Running the gateway: one process or several workers sharing a port, under one of two servers.
+
+``server.http: auto`` serves HTTP/1.1 and HTTP/2 on the same port with granian: cleartext
+HTTP/2 with prior knowledge on ``http://`` and ALPN ``h2`` over TLS, which the AWS SDK for
+JavaScript v3 needs (it speaks only HTTP/2 by default, BEDROCK.md §8). ``server.http: h1``
+serves HTTP/1.1 only, with uvicorn. docs/benchmarks.md compares the two.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+from pathlib import Path
 from typing import Any
-
-import uvicorn
 
 from gateway.api.app import create_app
 from gateway.config import GatewayConfig
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+_FACTORY = "gateway.api.app:app_from_env"  # each worker process builds its own app from it
+
 
 def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT)
 
 
 def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
@@ -32,17 +38,61 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
     }
 
 
+def granian_options(config: GatewayConfig) -> dict[str, Any]:
+    from granian.constants import HTTPModes, Interfaces, Loops
+
+    server, tls = config.server, config.server.tls
+    return {
+        "address": server.host,
+        "port": server.port,
+        "interface": Interfaces.ASGI,
+        "http": HTTPModes.auto,  # HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN over TLS)
+        "websockets": False,
+        "workers": server.workers,
+        "loop": Loops.uvloop,
+        "factory": True,
+        "log_access": False,  # the data plane logs one line per request itself
+        "log_dictconfig": _granian_logging(),
+        # Workers stop accepting on SIGTERM and finish what is in flight; past the grace
+        # period they are killed (granian takes whole seconds, at least one).
+        "workers_kill_timeout": max(1, round(server.shutdown_grace_s)),
+        "ssl_cert": Path(tls.certfile) if tls else None,
+        "ssl_key": Path(tls.keyfile) if tls else None,
+    }
+
+
+def _granian_logging() -> dict[str, Any]:
+    """granian's own logging setup, plus the gateway's loggers (through the root logger) in
+    the same format as under uvicorn; workers apply it when they start."""
+    from granian.log import LOGGING_CONFIG
+
+    settings: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    settings["formatters"]["gateway"] = {"()": "logging.Formatter", "fmt": LOG_FORMAT}
+    settings["handlers"]["gateway"] = {
+        "formatter": "gateway",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    settings["root"] = {"handlers": ["gateway"], "level": "INFO"}
+    return settings
+
+
 def serve(config: GatewayConfig, config_path: str) -> None:
-    """Serve until SIGINT/SIGTERM. With ``workers > 1`` each worker builds its own app."""
+    """Serve until SIGINT/SIGTERM. Raises ``ConfigError`` for a config that cannot start."""
     configure_logging()
-    options = uvicorn_options(config)
-    if config.server.workers > 1:
+    create_app(config)  # fail here, with a clear message, on a missing secret or Redis URL
+    if config.server.http == "auto" or config.server.workers > 1:
         os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)
-        uvicorn.run(
-            "gateway.api.app:app_from_env",
-            factory=True,
-            workers=config.server.workers,
-            **options,
-        )
+    if config.server.http == "auto":
+        from granian.server import Server
+
+        Server(_FACTORY, **granian_options(config)).serve()
+    elif config.server.workers > 1:
+        import uvicorn
+
+        uvicorn.run(_FACTORY, factory=True, workers=config.server.workers,
+                    **uvicorn_options(config))  # fmt: skip
     else:
-        uvicorn.run(create_app(config), **options)
+        import uvicorn
+
+        uvicorn.run(create_app(config), **uvicorn_options(config))

@@ -166,8 +166,14 @@ def verify(
     max_skew_s: float,
     keys: SigningKeys,
 ) -> None:
-    """Raise ``SigV4Error`` unless ``auth`` is a fresh, valid signature of this request."""
-    if "host" not in auth.signed_headers:
+    """Raise ``SigV4Error`` unless ``auth`` is a fresh, valid signature of this request.
+
+    Over HTTP/2 the AWS SDK for JavaScript signs the ``:authority`` pseudo-header instead of
+    ``host``; ASGI servers pass its value on as ``host``, so that is what it is checked against.
+    """
+    if ":authority" in auth.signed_headers and "host" in headers:
+        headers = {**headers, ":authority": headers["host"]}
+    elif "host" not in auth.signed_headers:
         raise SigV4Error("the host header must be signed")
     dates = headers.get("x-amz-date")
     if not dates or "x-amz-date" not in auth.signed_headers:

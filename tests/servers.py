@@ -1,4 +1,5 @@
-"""Real servers for tests: uvicorn on a free loopback port, redis-server on another.
+"""Real servers for tests: uvicorn on a free loopback port, redis-server on another, and the
+gateway's own ``serve`` command as a child process.
 
 Each runs for the life of a fixture and is waited on by readiness (uvicorn's ``started``
 flag, a Redis PING), never by sleeping a fixed time.
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -19,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
 import uvicorn
 import uvloop
 
@@ -163,3 +168,68 @@ def env(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class GatewayProcess:
+    """``bedrock-gateway serve`` as a child process (the real server, granian or uvicorn, with
+    its workers and lifespan), ready once ``/health/ready`` answers 200."""
+
+    def __init__(self, config: dict[str, Any], environ: dict[str, str], cafile: str | None = None):
+        self.dir = tempfile.mkdtemp(prefix="gw-serve-")
+        self.config_path = os.path.join(self.dir, "gateway.yaml")
+        self.port = free_port()
+        config = {**config, "server": {**config.get("server", {}), "port": self.port}}
+        with open(self.config_path, "w", encoding="utf-8") as file:
+            json.dump(config, file)  # JSON is YAML
+        self.environ = environ
+        self.cafile = cafile
+        self.tls = bool(config["server"].get("tls"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        exe = os.path.join(os.path.dirname(sys.executable), "bedrock-gateway")
+        self.proc = subprocess.Popen(
+            [exe, "serve", "--config", self.config_path],
+            env={**os.environ, **self.environ},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        verify: Any = ssl.create_default_context(cafile=self.cafile) if self.cafile else True
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bedrock-gateway serve exited with {self.proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health/ready", verify=verify).status_code == 200:
+                    return self
+            if time.monotonic() > deadline:
+                raise TimeoutError("bedrock-gateway serve did not get ready in time")
+            time.sleep(0.05)
+
+    def terminate(self) -> None:
+        """SIGTERM: a graceful stop."""
+        if self.proc is not None:
+            self.proc.terminate()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return code
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

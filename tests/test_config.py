@@ -17,7 +17,7 @@ EXAMPLE = ROOT / "config" / "gateway.example.yaml"
 def _models(model: type[BaseModel]) -> set[type[BaseModel]]:
     found = {model}
     for field in model.model_fields.values():
-        for candidate in getattr(field.annotation, "__args__", ()) + (field.annotation,):
+        for candidate in (*getattr(field.annotation, "__args__", ()), field.annotation):
             inner = getattr(candidate, "__args__", (candidate,))
             for kind in (candidate, *inner):
                 if isinstance(kind, type) and issubclass(kind, BaseModel) and kind not in found:

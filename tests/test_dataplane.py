@@ -236,26 +236,6 @@ def test_upstream_errors_pass_through_with_their_type(client: Any, status: int, 
     assert "x-gateway-route" in caught.value.response["ResponseMetadata"]["HTTPHeaders"]
 
 
-@pytest.mark.parametrize("operation", ["converse-stream", "invoke-with-response-stream",
-                                       "count-tokens"])  # fmt: skip
-def test_operations_not_yet_supported_answer_in_bedrock_shape(
-    gateway: ServerThread, operation: str
-) -> None:
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    from tests.conftest import KEY_ID, SECRET
-
-    url = f"{gateway.url}/model/claude-sonnet/{operation}"
-    request = AWSRequest("POST", url, data=b"{}", headers={"content-type": "application/json"})
-    SigV4Auth(Credentials(KEY_ID, SECRET), "bedrock", "us-east-1").add_auth(request)
-    reply = httpx.post(url, content=b"{}", headers=dict(request.headers))
-    assert reply.status_code == 400
-    assert reply.headers["x-amzn-errortype"] == "ValidationException"
-    assert "not supported by this gateway yet" in reply.json()["message"]
-
-
 @pytest.mark.parametrize(("method", "path"), [("POST", "/model/x/explode"), ("GET", "/nope"),
                                               ("POST", "/async-invoke")])  # fmt: skip
 def test_unknown_paths_answer_in_bedrock_shape(

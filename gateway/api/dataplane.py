@@ -2,8 +2,10 @@
 
 Per request: read the body (bounded), authenticate the tenant, resolve the model to its routes,
 check the body, forward the original bytes upstream and answer with the upstream's status,
-body and Bedrock headers plus ``x-gateway-route``. Every failure is answered in Bedrock's error
-shape; nothing escapes as a traceback.
+body and Bedrock headers plus ``x-gateway-route``; the two streaming operations are relayed
+frame by frame (``gateway.api.streaming``) and settled from the usage the stream reports.
+CountTokens is passed through without admission: Bedrock does not charge it against quotas.
+Every failure is answered in Bedrock's error shape; nothing escapes as a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -28,6 +30,7 @@ from gateway.api.asgi import (
     send_response,
     too_large,
 )
+from gateway.api.streaming import StreamCall, forward_stream
 from gateway.auth import Authenticator, Caller, RequestFacts
 from gateway.catalog import Catalog, ModelSpec, Target
 from gateway.errors import (
@@ -42,6 +45,7 @@ from gateway.errors import (
 from gateway.limiter.core import Denied
 from gateway.limiter.service import Limiter, Ticket, throttled
 from gateway.metrics import Metrics
+from gateway.streamtap import STREAM_OPERATIONS
 from gateway.upstream.client import NotSent, UpstreamClient, UpstreamResponse
 
 log = logging.getLogger("gateway.access")
@@ -53,7 +57,6 @@ OPERATIONS = {
     "converse-stream": "ConverseStream",
     "count-tokens": "CountTokens",
 }
-_NOT_YET = frozenset({"invoke-with-response-stream", "converse-stream", "count-tokens"})
 _FORWARDED_PREFIX = b"x-amzn-bedrock-"
 
 
@@ -100,6 +103,10 @@ def _upstream_headers(request: _Request) -> dict[str, str]:
     headers = {"content-type": request.content_type}
     if request.operation == "invoke":
         headers["accept"] = request.accept
+    elif request.operation == "invoke-with-response-stream":
+        # IMWRS carries the inner chunks' type here; ``accept`` would name the event stream.
+        # A client's own x-amzn-bedrock-accept replaces this default just below.
+        headers["x-amzn-bedrock-accept"] = "application/json"
     for name, value in request.headers:
         if name.startswith(_FORWARDED_PREFIX):
             headers[name.decode("latin-1")] = value.decode("latin-1")
@@ -149,17 +156,19 @@ class DataPlane:
         request_id = new_request_id()
         outcome = _Outcome()
         try:
-            status, headers, body = await self._handle(scope, receive, outcome, request_id)
+            reply = await self._handle(scope, receive, send, outcome, request_id)
         except ClientDisconnected:
             return
         except GatewayError as exc:
-            status, headers, body = render(exc, request_id)
+            reply = render(exc, request_id)
         except Exception:
             log.exception("unhandled error in request %s", request_id)
-            status, headers, body = render(
-                InternalError("The gateway failed to process the request."), request_id
-            )
-        await send_response(send, status, headers, body)
+            reply = render(InternalError("The gateway failed to process the request."), request_id)
+        if reply is None:  # streamed: the response went out as it arrived
+            status = 200
+        else:
+            status, headers, body = reply
+            await send_response(send, status, headers, body)
         elapsed = time.perf_counter() - started
         self._metrics.requests.labels(outcome.operation, outcome.model, outcome.tenant,
                                       str(status)).inc()  # fmt: skip
@@ -168,8 +177,9 @@ class DataPlane:
                  outcome.model, status, elapsed * 1000)  # fmt: skip
 
     async def _handle(
-        self, scope: Scope, receive: Receive, outcome: _Outcome, request_id: str
-    ) -> tuple[int, Headers, bytes]:
+        self, scope: Scope, receive: Receive, send: Send, outcome: _Outcome, request_id: str
+    ) -> tuple[int, Headers, bytes] | None:
+        """The response to send, or None when a stream was already relayed to ``send``."""
         if scope["method"] != "POST":
             raise UnknownOperation(f"Bedrock Runtime has no {scope['method']} operations.")
         request = _scan(scope)
@@ -185,9 +195,8 @@ class DataPlane:
         outcome.tenant = caller.tenant.name
         target = self._authorize(caller, request.model_id)
         outcome.model = target.model.name
-        if request.operation in _NOT_YET:
-            raise ValidationError(f"{outcome.operation} is not supported by this gateway yet; "
-                                  f"use InvokeModel or Converse.")  # fmt: skip
+        if request.operation == "count-tokens":
+            return await self._count_tokens(target, request, body, body_sha256)
         document = _check_body(body)
         model = target.model
         estimate = cost.estimate(
@@ -199,6 +208,11 @@ class DataPlane:
         )
         if isinstance(decision, Denied):
             raise throttled(decision)
+        if request.operation in STREAM_OPERATIONS:
+            headers = _upstream_headers(request)
+            call = StreamCall(decision, request.operation, body, body_sha256, headers, estimate,
+                              model.output_burndown)  # fmt: skip
+            return await forward_stream(self._upstream, self._limiter, call, receive, send)
         reply = await self._forward(decision, model, request, body, body_sha256)
         reply.headers.append((b"x-gateway-route", decision.route.label.encode()))
         return reply.status, reply.headers, reply.body
@@ -219,6 +233,20 @@ class DataPlane:
             raise
         finally:
             await self._limiter.settle(ticket, actual)
+
+    async def _count_tokens(
+        self, target: Target, request: _Request, body: bytes, body_sha256: str
+    ) -> tuple[int, Headers, bytes]:
+        """Pass CountTokens through on the model's first route, to the foundation model (the
+        id CountTokens takes). Not admitted nor charged: it costs no quota on Bedrock.
+
+        Hook for the estimator: calling this before admission would give exact input counts on
+        models that support CountTokens, at one extra upstream round trip; not done yet."""
+        route = replace(target.routes[0], upstream_id=target.routes[0].base_model)
+        headers = {"content-type": request.content_type}
+        reply = await self._upstream.call(route, "count-tokens", body, body_sha256, headers)
+        reply.headers.append((b"x-gateway-route", route.label.encode()))
+        return reply.status, reply.headers, reply.body
 
     def _authorize(self, caller: Caller, model_id: str) -> Target:
         target = self._catalog.resolve(model_id)

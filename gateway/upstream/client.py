@@ -2,8 +2,9 @@
 
 One aiohttp session (connection pool) per endpoint, opened on first use and closed with the
 client. aiohttp carries upstream traffic because it measured several times faster than httpx
-under concurrency (docs/benchmarks.md). aiohttp's exceptions are translated to gateway
-errors here and nowhere else.
+under concurrency (docs/benchmarks.md). A streaming answer is handed back as soon as its
+headers arrive (``UpstreamStream``) and read chunk by chunk as it comes. aiohttp's exceptions
+are translated to gateway errors here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from gateway import sigv4
 from gateway.catalog import Route
@@ -103,6 +105,41 @@ class UpstreamClient:
         """Send ``body`` to ``route`` and read the whole answer. ``headers`` are lower-case
         request headers to forward (content type, Bedrock's own); they are signed with the rest.
         """
+        url, session = await self._signed(route, operation, body_sha256, headers)
+        try:
+            async with session.post(url, data=body, headers=headers) as response:
+                payload = await response.read()
+                return UpstreamResponse(
+                    response.status, response_headers(response.raw_headers), payload
+                )
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise translate(exc, headers["host"], self._config.read_timeout_s) from None
+
+    async def stream(
+        self,
+        route: Route,
+        operation: str,
+        body: bytes,
+        body_sha256: str,
+        headers: dict[str, str],
+    ) -> UpstreamStream:
+        """Send ``body`` like ``call`` but return as soon as the response headers are in; the
+        caller reads the body chunk by chunk and must ``close`` the stream."""
+        url, session = await self._signed(route, operation, body_sha256, headers)
+        try:
+            response = await session.post(url, data=body, headers=headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise translate(exc, headers["host"], self._config.read_timeout_s) from None
+        return UpstreamStream(response, headers["host"], self._config.read_timeout_s)
+
+    async def _signed(
+        self, route: Route, operation: str, body_sha256: str, headers: dict[str, str]
+    ) -> tuple[URL, aiohttp.ClientSession]:
+        """The URL to post to and its session; signs ``headers`` in place.
+
+        The URL goes out exactly as signed: left to itself, yarl would decode the model id's
+        ``%3A`` to ``:``, and Bedrock, which canonicalises the path it receives, would then
+        compute a different signature."""
         endpoint = _endpoint(self._accounts[route.account], route.region)
         path = f"/model/{route.path_id}/{operation}"
         headers["host"] = endpoint.host
@@ -111,17 +148,40 @@ class UpstreamClient:
             creds, method="POST", raw_path=path, headers=headers, payload_hash=body_sha256,
             region=route.region, service="bedrock", now=self._clock(), keys=self._keys,
         )  # fmt: skip
-        session = self._session(endpoint.base_url)
+        return URL(endpoint.base_url + path, encoded=True), self._session(endpoint.base_url)
+
+
+class UpstreamStream:
+    """A response whose body is still arriving. ``status`` and ``headers`` are known; read the
+    body with ``next_chunk`` (or ``read`` for an error answer), then ``close``."""
+
+    def __init__(self, response: aiohttp.ClientResponse, host: str, read_timeout_s: float):
+        self._response = response
+        self._host = host
+        self._read_timeout_s = read_timeout_s
+        self.status = response.status
+        self.headers = response_headers(response.raw_headers)
+
+    async def next_chunk(self) -> bytes:
+        """The bytes that arrived since the last call (waiting for some); b"" at the end."""
         try:
-            async with session.post(
-                endpoint.base_url + path, data=body, headers=headers
-            ) as response:
-                payload = await response.read()
-                return UpstreamResponse(
-                    response.status, response_headers(response.raw_headers), payload
-                )
+            return await self._response.content.readany()
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise translate(exc, endpoint.host, self._config.read_timeout_s) from None
+            raise translate(exc, self._host, self._read_timeout_s) from None
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise translate(exc, self._host, self._read_timeout_s) from None
+
+    def close(self) -> None:
+        """Give the connection back when the body was read to the end; otherwise close it, so
+        Bedrock sees the stream abandoned and stops generating."""
+        if self._response.content.at_eof():
+            self._response.release()
+        else:
+            self._response.close()
 
 
 class NotSent(ServiceUnavailable):
