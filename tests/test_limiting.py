@@ -94,6 +94,11 @@ def test_tenant_budget_throttles_with_retry_hints(
     client = make_client(limited(tenant={"tpm": 3000}).url)
     invoke(client, "first [sim:output_tokens=100]", max_tokens=500)  # ~2,500 reserved, 500+ kept
     invoke(client, "second [sim:output_tokens=300]", max_tokens=400)
+
+    def short_wait(request: Any, **_: Any) -> None:
+        request.headers["x-gateway-max-wait-ms"] = "300"
+
+    client.meta.events.register("before-sign.bedrock-runtime.InvokeModel", short_wait)
     with pytest.raises(client.exceptions.ThrottlingException) as caught:
         invoke(client, "third", max_tokens=500)
     error = caught.value.response

@@ -36,6 +36,7 @@ from gateway.limiter.memory import MemoryStore
 from gateway.limiter.redis_store import RedisStore
 from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics
+from gateway.queueing.dispatcher import Queues
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.credentials import CredentialSource, open_source
 
@@ -97,6 +98,7 @@ def _control_app(
     credentials: _Credentials,
     upstream: UpstreamClient,
     limiter: Limiter,
+    queues: Queues,
     store: FailoverStore | Store,
     environ: Mapping[str, str],
 ) -> FastAPI:
@@ -114,6 +116,7 @@ def _control_app(
         try:
             yield
         finally:
+            await queues.close()  # anyone still waiting gets an answer now
             await upstream.close()
             await limiter.close()
 
@@ -166,6 +169,14 @@ def create_app(
     upstream = UpstreamClient(config.upstream, config.accounts, credentials, wall_clock)
     store = open_store(config.limiter, environ, metrics)
     limiter = Limiter(config.limiter, config.tenants, store, metrics)
+    queues = Queues(
+        limiter,
+        max_depth=config.queue.max_depth,
+        recheck_s=config.queue.recheck_s,
+        weights={name: tenant.weight for name, tenant in config.tenants.items()},
+        is_tenant_limit=limiter.is_tenant_limit,
+    )
+    limiter.on_capacity = queues.settled
     dataplane = DataPlane(
         catalog=Catalog(config.models),
         authenticator=Authenticator(
@@ -173,10 +184,12 @@ def create_app(
         ),
         upstream=upstream,
         limiter=limiter,
+        queues=queues,
         metrics=metrics,
         max_body_bytes=config.server.max_body_bytes,
+        default_wait_s=config.queue.max_wait_s,
     )
-    control = _control_app(config, metrics, credentials, upstream, limiter, store, environ)
+    control = _control_app(config, metrics, credentials, upstream, limiter, queues, store, environ)
     return GatewayApp(dataplane, control)
 
 

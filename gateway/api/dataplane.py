@@ -42,9 +42,9 @@ from gateway.errors import (
     new_request_id,
     render,
 )
-from gateway.limiter.core import Denied
-from gateway.limiter.service import Limiter, Ticket, throttled
+from gateway.limiter.service import Limiter, Ticket
 from gateway.metrics import Metrics
+from gateway.queueing.dispatcher import Queues
 from gateway.streamtap import STREAM_OPERATIONS
 from gateway.upstream.client import NotSent, UpstreamClient, UpstreamResponse
 
@@ -68,6 +68,8 @@ class _Request:
     content_type: str
     accept: str
     content_length: int | None
+    max_wait_ms: int | None = None
+    batch: bool = False
 
 
 def parse_target(raw_path: bytes) -> tuple[str, str]:
@@ -87,7 +89,8 @@ def parse_target(raw_path: bytes) -> tuple[str, str]:
 def _scan(scope: Scope) -> _Request:
     operation, model_id = parse_target(scope["raw_path"])
     content_type = accept = "application/json"
-    content_length = None
+    content_length = max_wait_ms = None
+    batch = False
     headers: Headers = scope["headers"]
     for name, value in headers:
         if name == b"content-type":
@@ -96,7 +99,12 @@ def _scan(scope: Scope) -> _Request:
             accept = value.decode("latin-1")
         elif name == b"content-length":
             content_length = int(value) if value.isdigit() else None
-    return _Request(operation, model_id, headers, content_type, accept, content_length)
+        elif name == b"x-gateway-max-wait-ms":
+            max_wait_ms = int(value) if value.isdigit() else None
+        elif name == b"x-gateway-priority":
+            batch = value.strip().lower() == b"batch"
+    return _Request(operation, model_id, headers, content_type, accept, content_length,
+                    max_wait_ms, batch)  # fmt: skip
 
 
 def _upstream_headers(request: _Request) -> dict[str, str]:
@@ -111,6 +119,14 @@ def _upstream_headers(request: _Request) -> dict[str, str]:
         if name.startswith(_FORWARDED_PREFIX):
             headers[name.decode("latin-1")] = value.decode("latin-1")
     return headers
+
+
+def gateway_headers(ticket: Ticket, queued_s: float) -> Headers:
+    """What the gateway adds to every answer it forwards: the route taken, the time queued."""
+    return [
+        (b"x-gateway-route", ticket.route.label.encode()),
+        (b"x-gateway-queue-ms", str(round(queued_s * 1000)).encode()),
+    ]
 
 
 def _charged(reply: UpstreamResponse, operation: str, burndown: float, reserved: int) -> int:
@@ -141,13 +157,17 @@ class DataPlane:
         authenticator: Authenticator,
         upstream: UpstreamClient,
         limiter: Limiter,
+        queues: Queues,
         metrics: Metrics,
         max_body_bytes: int,
+        default_wait_s: float,
     ) -> None:
         self._catalog = catalog
         self._auth = authenticator
         self._upstream = upstream
         self._limiter = limiter
+        self._queues = queues
+        self._default_wait_s = default_wait_s
         self._metrics = metrics
         self._max_body = max_body_bytes
 
@@ -203,19 +223,28 @@ class DataPlane:
             request.operation, document, default_max_tokens=model.max_output_tokens
         )
         reserved = cost.reservation(estimate, model.output_burndown)
-        decision = await self._limiter.admit(
-            request_id, caller.tenant.name, target.routes, reserved
-        )
-        if isinstance(decision, Denied):
-            raise throttled(decision)
+        decision, queued_s = await self._queues.admit(
+            request_id, caller.tenant.name, model.name, target.routes, reserved,
+            max_wait_s=self._max_wait_s(caller, request),
+            batch=caller.tenant.batch or request.batch,
+        )  # fmt: skip
+        ours = gateway_headers(decision, queued_s)
         if request.operation in STREAM_OPERATIONS:
             headers = _upstream_headers(request)
             call = StreamCall(decision, request.operation, body, body_sha256, headers, estimate,
-                              model.output_burndown)  # fmt: skip
+                              model.output_burndown, ours)  # fmt: skip
             return await forward_stream(self._upstream, self._limiter, call, receive, send)
         reply = await self._forward(decision, model, request, body, body_sha256)
-        reply.headers.append((b"x-gateway-route", decision.route.label.encode()))
+        reply.headers.extend(ours)
         return reply.status, reply.headers, reply.body
+
+    def _max_wait_s(self, caller: Caller, request: _Request) -> float:
+        """The queue deadline: the tenant's cap (or the default), lowered by the request's ask."""
+        cap = caller.tenant.max_wait_s
+        cap = self._default_wait_s if cap is None else cap
+        if request.max_wait_ms is None:
+            return cap
+        return min(cap, request.max_wait_ms / 1000)
 
     async def _forward(
         self, ticket: Ticket, model: ModelSpec, request: _Request, body: bytes, body_sha256: str

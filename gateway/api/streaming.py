@@ -41,6 +41,7 @@ class StreamCall:
     headers: dict[str, str]  # upstream request headers, signed on the way out
     estimate: Estimate
     burndown: float
+    reply_headers: Headers  # what the gateway adds to the answer (route taken, time queued)
 
 
 async def forward_stream(
@@ -59,7 +60,7 @@ async def forward_stream(
         stream = await upstream.stream(
             ticket.route, call.operation, call.body, call.body_sha256, call.headers
         )
-        headers = [*stream.headers, (b"x-gateway-route", ticket.route.label.encode())]
+        headers = [*stream.headers, *call.reply_headers]
         try:
             if stream.status != 200:  # refused before streaming: answered like a plain call
                 actual = 0

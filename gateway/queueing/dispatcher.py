@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from gateway.catalog import Route
 from gateway.errors import GatewayError, Throttled
 from gateway.limiter.core import Bucket, Denied, Kind
-from gateway.limiter.service import Limiter, Ticket, throttled
+from gateway.limiter.service import Limiter, Ticket, throttle_message, throttled
 from gateway.queueing.fair import BATCH, INTERACTIVE, Entry, FairQueue
 
 
@@ -37,6 +37,8 @@ class Waiter:
     routes: tuple[Route, ...]
     reserved: int
     future: asyncio.Future[Ticket]
+    denied: Denied
+    """The last refusal: it names the limit the waiter is waiting for."""
 
 
 async def _sleep_unless_woken(event: asyncio.Event, seconds: float | None) -> None:
@@ -54,6 +56,7 @@ class _Group:
         self.parked: list[tuple[float, Entry[Waiter]]] = []
         self.wake = asyncio.Event()
         self.hint_ms = 1000
+        self.last_denied: Denied
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -106,6 +109,7 @@ class _Group:
             owner.hand_over(waiter, decision)
             return
         self.hint_ms = decision.retry_after_ms or owner.recheck_ms
+        waiter.denied = self.last_denied = decision
         if owner.is_tenant_limit(decision.bucket):
             self.queue.pop()
             self.parked.append((owner.clock() + self.hint_ms / 1000, entry))
@@ -155,16 +159,18 @@ class Queues:
                 raise throttled(decision)
             state = self._group(group, routes)
             state.hint_ms = decision.retry_after_ms or self.recheck_ms
+            state.last_denied = denied = decision
         else:
             self.limiter.plan(member, tenant, routes, reserved)  # a hopeless request fails now
+            denied = state.last_denied
         if self.closing or len(state.queue) + len(state.parked) >= self.max_depth:
             raise Throttled(
                 f"Too many requests are waiting for {group}, please wait before trying again. "
                 f"(bedrock-gateway: queue full)", state.hint_ms,
             )  # fmt: skip
-        ticket = await self._wait(state, Waiter(member, tenant, routes, reserved,
-                                                asyncio.get_running_loop().create_future()),
-                                  max_wait_s - (self.clock() - started), batch)  # fmt: skip
+        waiter = Waiter(member, tenant, routes, reserved,
+                        asyncio.get_running_loop().create_future(), denied)  # fmt: skip
+        ticket = await self._wait(state, waiter, max_wait_s - (self.clock() - started), batch)
         return ticket, self.clock() - started
 
     async def _wait(self, state: _Group, waiter: Waiter, budget_s: float, batch: bool) -> Ticket:
@@ -181,9 +187,10 @@ class Queues:
             if waiter.future.done() and not waiter.future.cancelled():
                 return waiter.future.result()  # admitted in the same instant: use it
             waiter.future.cancel()
+            message = throttle_message(waiter.denied.bucket)
             raise Throttled(
-                f"Too many tokens, please wait before trying again. (bedrock-gateway: no "
-                f"capacity within the {budget_s:.1f} s this request may wait)", state.hint_ms,
+                f"{message[:-1]}, still at capacity after the {budget_s:.1f} s this request "
+                f"may wait)", state.hint_ms,
             ) from None  # fmt: skip
         finally:
             state.queue.cancel(entry)
