@@ -56,6 +56,12 @@ class UpstreamConfig(_Frozen):
     read_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     """Longest wait for the upstream's response (Bedrock calls can run minutes)."""
     max_connections_per_region: Annotated[int, Field(ge=1)] = 512
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    """Attempts per request on upstream throttling, 5xx answers and failed connections
+    (capped exponential backoff with full jitter, another route when one has room, never past
+    the request's queue deadline)."""
+    retry_base_s: Annotated[float, Field(gt=0, le=10)] = 0.1
+    retry_cap_s: Annotated[float, Field(gt=0, le=60)] = 2.0
 
 
 class LimiterConfig(_Frozen):

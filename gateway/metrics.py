@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.catalog import Route
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -55,6 +57,12 @@ class Metrics:
             ["direction"],
             registry=self.registry,
         )
+        self.upstream_throttles = Counter(
+            "gateway_upstream_throttles",
+            "ThrottlingExceptions answered by Bedrock itself (the gateway let too much through).",
+            ["route"],
+            registry=self.registry,
+        )
         self.store_failures = Counter(
             "gateway_limiter_store_failures",
             "Calls to the shared quota store (Redis) that failed, by operation.",
@@ -81,6 +89,9 @@ class Metrics:
             self.settlement_corrections.labels("refund" if delta < 0 else "overcharge").inc(
                 abs(delta)
             )
+
+    def upstream_throttled(self, route: Route) -> None:
+        self.upstream_throttles.labels(route.label).inc()
 
     def store_failed(self, operation: str) -> None:
         self.store_failures.labels(operation).inc()

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from gateway.api.asgi import Receive, Scope, Send
+from gateway.api.attempts import Attempts
 from gateway.api.dataplane import DataPlane
 from gateway.auth import Authenticator
 from gateway.catalog import Catalog
@@ -37,6 +38,7 @@ from gateway.limiter.redis_store import RedisStore
 from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics
 from gateway.queueing.dispatcher import Queues
+from gateway.retry import RetryPolicy
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.credentials import CredentialSource, open_source
 
@@ -177,6 +179,12 @@ def create_app(
         is_tenant_limit=limiter.is_tenant_limit,
     )
     limiter.on_capacity = queues.settled
+    upstream_config = config.upstream
+    attempts = Attempts(
+        RetryPolicy(upstream_config.max_attempts, upstream_config.retry_base_s,
+                    upstream_config.retry_cap_s),
+        on_throttled=metrics.upstream_throttled,
+    )  # fmt: skip
     dataplane = DataPlane(
         catalog=Catalog(config.models),
         authenticator=Authenticator(
@@ -185,6 +193,7 @@ def create_app(
         upstream=upstream,
         limiter=limiter,
         queues=queues,
+        attempts=attempts,
         metrics=metrics,
         max_body_bytes=config.server.max_body_bytes,
         default_wait_s=config.queue.max_wait_s,

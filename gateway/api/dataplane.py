@@ -30,9 +30,10 @@ from gateway.api.asgi import (
     send_response,
     too_large,
 )
+from gateway.api.attempts import Answer, Attempts
 from gateway.api.streaming import StreamCall, forward_stream
 from gateway.auth import Authenticator, Caller, RequestFacts
-from gateway.catalog import Catalog, ModelSpec, Target
+from gateway.catalog import Catalog, ModelSpec, Route, Target
 from gateway.errors import (
     AccessDenied,
     GatewayError,
@@ -121,11 +122,13 @@ def _upstream_headers(request: _Request) -> dict[str, str]:
     return headers
 
 
-def gateway_headers(ticket: Ticket, queued_s: float) -> Headers:
-    """What the gateway adds to every answer it forwards: the route taken, the time queued."""
+def gateway_headers(ticket: Ticket, queued_s: float, attempts: int) -> Headers:
+    """What the gateway adds to every answer it forwards: the route taken, the time queued,
+    the upstream attempts made."""
     return [
         (b"x-gateway-route", ticket.route.label.encode()),
         (b"x-gateway-queue-ms", str(round(queued_s * 1000)).encode()),
+        (b"x-gateway-attempts", str(attempts).encode()),
     ]
 
 
@@ -158,6 +161,7 @@ class DataPlane:
         upstream: UpstreamClient,
         limiter: Limiter,
         queues: Queues,
+        attempts: Attempts,
         metrics: Metrics,
         max_body_bytes: int,
         default_wait_s: float,
@@ -167,6 +171,7 @@ class DataPlane:
         self._upstream = upstream
         self._limiter = limiter
         self._queues = queues
+        self._attempts = attempts
         self._default_wait_s = default_wait_s
         self._metrics = metrics
         self._max_body = max_body_bytes
@@ -223,20 +228,33 @@ class DataPlane:
             request.operation, document, default_max_tokens=model.max_output_tokens
         )
         reserved = cost.reservation(estimate, model.output_burndown)
-        decision, queued_s = await self._queues.admit(
-            request_id, caller.tenant.name, model.name, target.routes, reserved,
-            max_wait_s=self._max_wait_s(caller, request),
-            batch=caller.tenant.batch or request.batch,
-        )  # fmt: skip
-        ours = gateway_headers(decision, queued_s)
-        if request.operation in STREAM_OPERATIONS:
-            headers = _upstream_headers(request)
-            call = StreamCall(decision, request.operation, body, body_sha256, headers, estimate,
-                              model.output_burndown, ours)  # fmt: skip
-            return await forward_stream(self._upstream, self._limiter, call, receive, send)
-        reply = await self._forward(decision, model, request, body, body_sha256)
-        reply.headers.extend(ours)
-        return reply.status, reply.headers, reply.body
+        max_wait_s = self._max_wait_s(caller, request)
+        deadline = time.monotonic() + max_wait_s
+        batch = caller.tenant.batch or request.batch
+
+        async def admit(routes: tuple[Route, ...], wait_s: float, number: int) -> Ticket:
+            member = request_id if number == 1 else f"{request_id}.{number}"
+            ticket, queued_s = await self._queues.admit(
+                member, caller.tenant.name, model.name, routes, reserved,
+                max_wait_s=wait_s, batch=batch,
+            )  # fmt: skip
+            outcome.queued_s += queued_s
+            return ticket
+
+        async def attempt(ticket: Ticket, number: int) -> Answer:
+            ours = gateway_headers(ticket, outcome.queued_s, number)
+            if request.operation in STREAM_OPERATIONS:
+                call = StreamCall(ticket, request.operation, body, body_sha256,
+                                  _upstream_headers(request), estimate, model.output_burndown,
+                                  ours)  # fmt: skip
+                return await forward_stream(self._upstream, self._limiter, call, receive, send)
+            reply = await self._forward(ticket, model, request, body, body_sha256)
+            reply.headers.extend(ours)
+            return reply.status, reply.headers, reply.body
+
+        first = await admit(target.routes, max_wait_s, 1)
+        answer, _ = await self._attempts.run(first, target.routes, deadline, attempt, admit)
+        return answer
 
     def _max_wait_s(self, caller: Caller, request: _Request) -> float:
         """The queue deadline: the tenant's cap (or the default), lowered by the request's ask."""
@@ -295,3 +313,4 @@ class _Outcome:
     operation: str = "unknown"
     model: str = "unknown"
     tenant: str = "unknown"
+    queued_s: float = 0.0

@@ -6,8 +6,9 @@ through ``Admitted.settle``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.errors import (
     GatewayError,
@@ -42,6 +43,17 @@ class Sim:
     registry: PoolRegistry
     clock: Callable[[], float]  # monotonic seconds: quota windows, latency
     wall: Callable[[], float]  # epoch seconds: the UTC day of tokens-per-day, timelines
+    faults: dict[bytes, int] = field(default_factory=dict)  # fail_times counts by body digest
+
+    def fault_due(self, body: bytes, times: int | None) -> bool:
+        """Whether a ``status`` fault applies to this request (always, or its first N)."""
+        if times is None:
+            return True
+        if len(self.faults) > 100_000:  # bounded memory for a long-running simulator
+            self.faults.clear()
+        key = hashlib.sha1(body).digest()
+        self.faults[key] = seen = self.faults.get(key, 0) + 1
+        return seen <= times
 
 
 @dataclass(slots=True)
@@ -74,7 +86,7 @@ def admit(sim: Sim, scope: Scope, body: bytes, model: str, op: str) -> Admitted:
         call = messages_call(data)
     else:
         call = converse_call(data, sim.config.converse_default_max_tokens)
-    if directives.status is not None:
+    if directives.status is not None and sim.fault_due(body, directives.fail_times):
         raise injected_fault(directives.status)
     region = region_from_authorization(header(scope, b"authorization"), sim.config.default_region)
     now = sim.clock()

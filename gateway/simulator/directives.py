@@ -37,6 +37,9 @@ class Directives:
     token_ms: float | None = None
     stream_error: str | None = None
     stream_bad_crc: bool = False
+    fail_times: int | None = None
+    """With ``status``: inject the fault only into the first N requests with this exact body
+    (so a client or gateway that retries it then succeeds)."""
 
 
 NONE = Directives()
@@ -71,7 +74,7 @@ def _build(found: dict[str, str]) -> Directives:
 def _value(key: str, value: str) -> Any:
     number: float
     try:
-        if key in ("output_tokens", "status"):
+        if key in ("output_tokens", "status", "fail_times"):
             number = int(value)
         elif key in ("ttft_ms", "token_ms"):
             number = float(value)
