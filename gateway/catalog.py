@@ -134,6 +134,10 @@ class Catalog:
             in_region = tuple(r for r in same_id if r.region == route.region)
             self._by_region_id.setdefault((route.region, bare_id), Target(spec, in_region))
 
+    def targets(self) -> list[Target]:
+        """Every configured model with all its routes."""
+        return [self._by_id[name] for name in self.models]
+
     def resolve(self, model_id: str) -> Target | None:
         target = self._by_id.get(model_id)
         if target is not None:

@@ -94,6 +94,14 @@ class LimiterConfig(_Frozen):
     """Extra window length covering clock and latency differences between us and Bedrock."""
     lease_ttl_s: Annotated[float, Field(gt=0)] = 900.0
     """A concurrency lease lapses this long after admission if never released (a dead replica)."""
+    learn_decrease: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    """On a 429 from Bedrock, the pool's per-minute quota is multiplied by this (shared by every
+    replica, at most once per ``learn_cooldown_s``)."""
+    learn_recovery_per_s: Annotated[float, Field(ge=0, le=1)] = 0.002
+    """Then it climbs back by this fraction of the configured quota per second (0.002: from
+    0.7 to 1.0 in 150 s) while no 429 comes."""
+    learn_floor: Annotated[float, Field(gt=0, le=1)] = 0.05
+    learn_cooldown_s: Annotated[float, Field(ge=0, le=60)] = 2.0
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> LimiterConfig:
@@ -218,11 +226,24 @@ class TenantConfig(_Frozen):
         return v
 
 
+class AdminConfig(_Frozen):
+    """The admin API's own credential: ``Authorization: Bearer <admin key>``."""
+
+    key_sha256: list[str] = []
+    """SHA-256 (hex) of each admin key; none means the admin API answers 403 to everyone."""
+
+    @field_validator("key_sha256", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
 class GatewayConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     limiter: LimiterConfig = LimiterConfig()
     queue: QueueConfig = QueueConfig()
+    admin: AdminConfig = AdminConfig()
     accounts: dict[str, AccountConfig]
     models: dict[str, ModelConfig]
     tenants: dict[str, TenantConfig] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -63,6 +65,13 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.quota_factor = Gauge(
+            "gateway_pool_quota_factor",
+            "Fraction of a pool's configured tokens per minute in use after learning from "
+            "Bedrock's 429s (1 = the configured quota).",
+            ["pool"],
+            registry=self.registry,
+        )
         self.store_failures = Counter(
             "gateway_limiter_store_failures",
             "Calls to the shared quota store (Redis) that failed, by operation.",
@@ -92,6 +101,9 @@ class Metrics:
 
     def upstream_throttled(self, route: Route) -> None:
         self.upstream_throttles.labels(route.label).inc()
+
+    def watch_quota(self, pool: str, factor: Callable[[], float]) -> None:
+        self.quota_factor.labels(pool).set_function(factor)
 
     def store_failed(self, operation: str) -> None:
         self.store_failures.labels(operation).inc()

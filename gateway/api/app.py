@@ -12,17 +12,19 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from gateway.api.admin import admin_router
 from gateway.api.asgi import Receive, Scope, Send
 from gateway.api.attempts import Attempts
 from gateway.api.dataplane import DataPlane
 from gateway.auth import Authenticator
-from gateway.catalog import Catalog
+from gateway.catalog import Catalog, Route
 from gateway.config import ConfigError, GatewayConfig, LimiterConfig, load_config
 from gateway.errors import (
     GatewayError,
@@ -32,7 +34,9 @@ from gateway.errors import (
     new_request_id,
     render,
 )
+from gateway.limiter.adaptive import Aimd
 from gateway.limiter.failover import FailoverStore, Store
+from gateway.limiter.learning import LearnedQuotas
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.redis_store import RedisStore
 from gateway.limiter.service import Limiter
@@ -45,6 +49,19 @@ from gateway.upstream.credentials import CredentialSource, open_source
 
 class _Credentials(dict[str, CredentialSource]):
     """Credential sources by account, filled in by the lifespan."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the lifespan opens and closes, and the control routes look at."""
+
+    catalog: Catalog
+    credentials: _Credentials
+    upstream: UpstreamClient
+    store: FailoverStore | Store
+    limiter: Limiter
+    queues: Queues
+    learned: LearnedQuotas
 
 
 class GatewayApp:
@@ -95,14 +112,7 @@ async def limiter_state(store: FailoverStore | Store, on_failure: str) -> str:
 
 
 def _control_app(
-    config: GatewayConfig,
-    metrics: Metrics,
-    credentials: _Credentials,
-    upstream: UpstreamClient,
-    limiter: Limiter,
-    queues: Queues,
-    store: FailoverStore | Store,
-    environ: Mapping[str, str],
+    config: GatewayConfig, metrics: Metrics, parts: Parts, environ: Mapping[str, str]
 ) -> FastAPI:
     ready: dict[str, str] = {"credentials": "starting"}
 
@@ -110,17 +120,19 @@ def _control_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             for name, account in config.accounts.items():
-                credentials[name] = await open_source(name, account, environ)
+                parts.credentials[name] = await open_source(name, account, environ)
             ready["credentials"] = "ok"
         except ConfigError as exc:
             ready["credentials"] = str(exc)
             raise
+        parts.learned.start()
         try:
             yield
         finally:
-            await queues.close()  # anyone still waiting gets an answer now
-            await upstream.close()
-            await limiter.close()
+            await parts.queues.close()  # anyone still waiting gets an answer now
+            await parts.learned.close()
+            await parts.upstream.close()
+            await parts.limiter.close()
 
     app = FastAPI(title="bedrock-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -144,7 +156,7 @@ def _control_app(
 
     @app.get("/health/ready")
     async def is_ready() -> JSONResponse:
-        ready["limiter"] = await limiter_state(store, config.limiter.on_store_failure)
+        ready["limiter"] = await limiter_state(parts.store, config.limiter.on_store_failure)
         ok = all(state == "ok" or state.startswith("degraded") for state in ready.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "components": ready},
                             status_code=200 if ok else 503)  # fmt: skip
@@ -153,6 +165,14 @@ def _control_app(
     async def prometheus() -> Response:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> Response:
+        return _bedrock_error(exc)
+
+    app.include_router(
+        admin_router(config.admin.key_sha256, parts.catalog, parts.limiter, parts.learned)
+    )
 
     return app
 
@@ -179,14 +199,22 @@ def create_app(
         is_tenant_limit=limiter.is_tenant_limit,
     )
     limiter.on_capacity = queues.settled
+    learned = _learned_quotas(config.limiter, store, metrics)
+    limiter.learned = learned.factor
+
+    def upstream_throttled(route: Route) -> None:
+        metrics.upstream_throttled(route)
+        learned.throttled(limiter.pool_of(route))
+
     upstream_config = config.upstream
     attempts = Attempts(
         RetryPolicy(upstream_config.max_attempts, upstream_config.retry_base_s,
                     upstream_config.retry_cap_s),
-        on_throttled=metrics.upstream_throttled,
+        on_throttled=upstream_throttled,
     )  # fmt: skip
+    catalog = Catalog(config.models)
     dataplane = DataPlane(
-        catalog=Catalog(config.models),
+        catalog=catalog,
         authenticator=Authenticator(
             config.tenants, environ, wall_clock, config.server.sigv4_max_skew_s
         ),
@@ -198,8 +226,25 @@ def create_app(
         max_body_bytes=config.server.max_body_bytes,
         default_wait_s=config.queue.max_wait_s,
     )
-    control = _control_app(config, metrics, credentials, upstream, limiter, queues, store, environ)
-    return GatewayApp(dataplane, control)
+    parts = Parts(catalog, credentials, upstream, store, limiter, queues, learned)
+    return GatewayApp(dataplane, _control_app(config, metrics, parts, environ))
+
+
+def _learned_quotas(
+    config: LimiterConfig, store: FailoverStore | Store, metrics: Metrics
+) -> LearnedQuotas:
+    """Learned quotas, shared through Redis when that is the store."""
+    primary = store.primary if isinstance(store, FailoverStore) else store
+    shared = primary if isinstance(primary, RedisStore) else None
+    aimd = Aimd(config.learn_decrease, config.learn_recovery_per_s, config.learn_floor,
+                config.learn_cooldown_s)  # fmt: skip
+    learned: LearnedQuotas
+
+    def changed(pool: str, factor: float) -> None:
+        metrics.watch_quota(pool, lambda: learned.factor(pool))
+
+    learned = LearnedQuotas(aimd, shared, f"{{{config.key_prefix}}}:adapt", on_change=changed)
+    return learned
 
 
 def app_from_env() -> GatewayApp:

@@ -78,6 +78,7 @@ class RedisStore:
         self._pipe = pipe
         self._admit = _Script("admit.lua")
         self._settle = _Script("settle.lua")
+        self._adapt = _Script("adapt.lua")
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> RedisStore:
@@ -98,6 +99,26 @@ class RedisStore:
         charges = plan.committed(admitted.alternative)
         keys, args = encode_settle(charges, plan.member, admitted, delta, now_ms)
         await self._call(self._settle, keys, args)
+
+    async def adapt(
+        self, key: str, pool: str, decrease: float, recovery_per_s: float, floor: float,
+        cooldown_s: float,
+    ) -> None:  # fmt: skip
+        """Record an upstream throttle on ``pool`` (see learning.py)."""
+        await self._call(self._adapt, [key], [pool, decrease, recovery_per_s, floor, cooldown_s])
+
+    async def learned(self, key: str) -> dict[str, tuple[float, float]]:
+        """Every pool's shared (factor, since)."""
+        try:
+            reply = await self._pipe.call("HGETALL", key)
+        except ConnectionLost as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        assert isinstance(reply, list)
+        states = {}
+        for field, value in zip(reply[::2], reply[1::2], strict=True):
+            factor, since = value.decode().split(",")
+            states[field.decode()] = (float(factor), float(since))
+        return states
 
     async def ping(self) -> bool:
         try:

@@ -10,7 +10,7 @@ room and charging it is one round trip to the store.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.catalog import Route
@@ -51,8 +51,15 @@ class _Limits:
     tpm: int | None
     tokens_per_day: int | None
 
-    def charges(self, reserved: int) -> tuple[Charge, ...]:
-        return tuple(Charge(b, reserved, settles=True) for b in self.tokens) + tuple(
+    def charges(self, reserved: int, factor: float = 1.0) -> tuple[Charge, ...]:
+        """The plan's charges; ``factor`` < 1 scales the per-minute token limit (learned)."""
+        tokens = self.tokens
+        if factor < 1.0:
+            tokens = tuple(
+                replace(b, limit=max(1, int(b.limit * factor))) if b.kind == Kind.WINDOW else b
+                for b in tokens
+            )
+        return tuple(Charge(b, reserved, settles=True) for b in tokens) + tuple(
             Charge(b, 1) for b in self.requests
         )
 
@@ -135,8 +142,13 @@ class Limiter:
         }  # fmt: skip
         self._routes: dict[Route, _Limits] = {}
         self._tenant_prefix = f"{{{prefix}}}:tenant:"
+        self.learned: Callable[[str], float] = lambda pool: 1.0
+        """The learned fraction of a pool's configured TPM (``LearnedQuotas.factor``)."""
         self.on_capacity: Callable[[Route], None] | None = None
         """Called after a settlement that gave capacity back (a refund or a released lease)."""
+
+    def pool_of(self, route: Route) -> str:
+        return pool_key(self._config.key_prefix, route)
 
     def is_tenant_limit(self, bucket: Bucket) -> bool:
         return bucket.key.startswith(self._tenant_prefix)
@@ -170,7 +182,8 @@ class Limiter:
             limits = self._route_limits(route)
             blocker = limits.too_small_for(reserved)
             if blocker is None:
-                alternatives.append(limits.charges(reserved))
+                factor = self.learned(self.pool_of(route))
+                alternatives.append(limits.charges(reserved, factor))
                 eligible.append(route)
             else:
                 smallest.append(blocker)

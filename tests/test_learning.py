@@ -1,0 +1,120 @@
+"""Learned quotas: a 429 lowers a pool's factor here at once and, through Redis, everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from gateway.auth import hash_key
+from gateway.config import parse_config
+from gateway.limiter.adaptive import Aimd
+from gateway.limiter.learning import LearnedQuotas
+from gateway.limiter.redis_store import RedisStore
+from tests.conftest import (
+    BEARER,
+    HAIKU,
+    ClientFactory,
+    gateway_settings,
+    messages_body,
+    start_gateway,
+)
+from tests.servers import RedisServer, ServerThread
+
+ADMIN_KEY = "gw-admin-key-for-tests"
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def test_a_local_throttle_lowers_the_factor_and_it_recovers() -> None:
+    now = [1000.0]
+    learned = LearnedQuotas(Aimd(0.7, 0.01, 0.1, 2), None, "k", wall=lambda: now[0])
+
+    async def run() -> None:
+        learned.throttled("pool")
+        assert learned.factor("pool") == pytest.approx(0.7)
+        now[0] += 10
+        assert learned.factor("pool") == pytest.approx(0.8)
+        assert learned.factor("other") == 1.0
+
+    asyncio.run(run())
+
+
+def test_replicas_share_what_one_learned(redis_server: RedisServer) -> None:
+    async def run() -> None:
+        aimd = Aimd(0.7, 0.0, 0.1, 5)
+        stores = [RedisStore.from_url(redis_server.url, 2) for _ in range(2)]
+        a, b = (LearnedQuotas(aimd, store, "{t}:adapt") for store in stores)
+        a.throttled("pool-x")
+        b.throttled("pool-x")  # the same burst seen by another replica: one signal
+        await a.close()
+        await b.close()
+        await b.refresh()
+        assert b.factor("pool-x") == pytest.approx(0.7, abs=0.01)
+        fresh = LearnedQuotas(aimd, stores[0], "{t}:adapt")
+        await fresh.refresh()  # a replica that saw nothing learns it too
+        assert fresh.factor("pool-x") == pytest.approx(0.7, abs=0.01)
+        for store in stores:
+            await store.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def overcommitted(simulator: ServerThread, redis_server: RedisServer) -> Iterator[ServerThread]:
+    """The gateway believes haiku has 20k TPM; the simulator's real quota is 3k."""
+    real = [{"model": HAIKU, "region": "us-west-2", "tpm": 3000}]
+    httpx.put(f"{simulator.url}/_simulator/pools", json=real).raise_for_status()
+    settings = gateway_settings(simulator.url)
+    settings["limiter"] = {"backend": "redis", "redis_url": redis_server.url}
+    settings["models"]["claude-haiku"]["routes"][0]["tpm"] = 20_000
+    settings["admin"] = {"key_sha256": hash_key(ADMIN_KEY)}
+    server = start_gateway(parse_config(settings))
+    yield server
+    server.stop()
+    httpx.post(f"{simulator.url}/_simulator/reset?config=1").raise_for_status()
+
+
+def test_the_gateway_learns_a_lower_real_quota(
+    overcommitted: ServerThread, make_client: ClientFactory
+) -> None:
+    client = make_client(overcommitted.url)
+    body = json.dumps(messages_body("learn [sim:output_tokens=400]", max_tokens=400))
+    outcomes = []
+    for _ in range(12):
+        try:
+            client.invoke_model(modelId="claude-haiku", body=body)
+            outcomes.append(200)
+        except client.exceptions.ThrottlingException:
+            outcomes.append(429)
+    assert 200 in outcomes
+    url = overcommitted.url
+    pools = httpx.get(f"{url}/admin/pools", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    haiku = next(p for p in pools.json()["pools"] if p["base_model"] == HAIKU)
+    assert haiku["quota_factor"] < 0.75  # decreased to 0.7, recovering slowly since
+    assert haiku["effective_tpm"] < 15_000
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "gateway_upstream_throttles_total{" in metrics
+    factor_lines = [
+        ln for ln in metrics.splitlines() if ln.startswith("gateway_pool_quota_factor{")
+    ]
+    assert factor_lines
+    assert float(factor_lines[0].rsplit(" ", 1)[1]) < 0.75
+
+
+@pytest.mark.parametrize("authorization", [None, f"Bearer {BEARER}", "Bearer wrong-admin-key"])
+def test_the_admin_api_needs_its_own_key(
+    overcommitted: ServerThread, authorization: str | None
+) -> None:
+    headers = {"authorization": authorization} if authorization else {}
+    reply = httpx.get(f"{overcommitted.url}/admin/pools", headers=headers)
+    assert reply.status_code == 403
+    assert reply.headers["x-amzn-errortype"] == "AccessDeniedException"
