@@ -113,8 +113,9 @@ class LimiterConfig(_Frozen):
 class QueueConfig(_Frozen):
     """Requests that find no capacity wait for their turn instead of failing."""
 
-    max_wait_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+    max_wait_s: Annotated[float, Field(ge=0, le=300)] = 25.0
     """Default longest wait, well under the SDKs' 60 s read timeout; 0 turns queueing off.
+    It must end before ``server.shutdown_grace_s``, so a stopping server answers its waiters.
     A request may ask for less with ``x-gateway-max-wait-ms`` (a tenant's ``max_wait_s`` caps
     what it may ask for)."""
     max_depth: Annotated[int, Field(ge=1)] = 2000
@@ -211,6 +212,9 @@ class TenantConfig(_Frozen):
     ``x-gateway-priority: batch`` may lower a request, never raise it."""
     max_wait_s: Annotated[float, Field(ge=0, le=300)] | None = None
     """Longest queue wait this tenant's requests may ask for (default: ``queue.max_wait_s``)."""
+    allow_fallback: bool = False
+    """May its requests be answered by a model's configured ``fallback`` models when the
+    requested one has no capacity in time? (The answer's x-gateway-model says which did.)"""
 
     @field_validator("key_sha256", mode="before")
     @classmethod
@@ -263,6 +267,17 @@ class GatewayConfig(_Frozen):
             for model_name in tenant.models or []:
                 if model_name not in self.models:
                     raise ValueError(f"tenants.{name}.models: unknown model {model_name!r}")
+        grace = self.server.shutdown_grace_s
+        waits = {"queue.max_wait_s": self.queue.max_wait_s} | {
+            f"tenants.{name}.max_wait_s": t.max_wait_s
+            for name, t in self.tenants.items()
+            if t.max_wait_s is not None
+        }
+        for where, wait in waits.items():
+            if wait >= grace:
+                raise ValueError(f"{where} ({wait:g} s) must be shorter than "
+                                 f"server.shutdown_grace_s ({grace:g} s), so that a stopping "
+                                 f"server still answers its waiting requests")  # fmt: skip
         seen: dict[str, str] = {}
         for name, tenant in self.tenants.items():
             for key in tenant.access_keys:

@@ -72,6 +72,12 @@ class Metrics:
             ["pool"],
             registry=self.registry,
         )
+        self.queue_depth = Gauge(
+            "gateway_queue_depth",
+            "Requests waiting for capacity in this replica, by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self.store_failures = Counter(
             "gateway_limiter_store_failures",
             "Calls to the shared quota store (Redis) that failed, by operation.",

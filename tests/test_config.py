@@ -82,3 +82,17 @@ def test_check_config_and_serve_exit_2_on_a_bad_file(
             main(argv)
         assert caught.value.code == 2
     assert "models: Field required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [("queue: {max_wait_s: 30}\n", "queue.max_wait_s"),
+     ("tenants: {t: {max_wait_s: 45}}\n", "tenants.t.max_wait_s")],
+)  # fmt: skip
+def test_queue_deadlines_end_before_the_shutdown_grace(
+    tmp_path: Path, extra: str, where: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("accounts: {}\nmodels: {}\nserver: {shutdown_grace_s: 30}\n" + extra)
+    with pytest.raises(cfg.ConfigError, match=f"{where} .* must be shorter than"):
+        cfg.load_config(path)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.config import parse_config
@@ -62,3 +64,37 @@ def _status(client: Any, n: int) -> int:
         return call(client, n)[0]
     except client.exceptions.ThrottlingException:
         return 429
+
+
+def test_a_request_still_waiting_when_the_server_stops_gets_an_answer(
+    simulator: ServerThread, make_client: ClientFactory
+) -> None:
+    """The server gives up on in-flight requests after its grace (5 s in tests): a request still
+    queued then is answered in Bedrock's shape, not dropped or sent a bare 500."""
+    settings = gateway_settings(simulator.url)
+    settings["server"]["shutdown_grace_s"] = 60
+    settings["queue"] = {"max_wait_s": 50}
+    settings["models"]["claude-sonnet"]["routes"] = [
+        {"account": "test", "region": "us-east-1", "tpm": 1200}
+    ]
+    server = start_gateway(parse_config(settings))
+    client = make_client(server.url)
+    body = json.dumps(messages_body("first [sim:output_tokens=190]", max_tokens=200))
+    client.invoke_model(modelId="claude-sonnet", body=body)  # the pool is now full for a minute
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(_error_code, client, body)
+        deadline = time.monotonic() + 5
+        queued = 'gateway_queue_depth{model="claude-sonnet"} 1.0'
+        while queued not in httpx.get(f"{server.url}/metrics").text:
+            assert time.monotonic() < deadline, "the second request never queued"
+            time.sleep(0.02)  # polling the real server's state
+        server.stop()
+        assert waiting.result(timeout=30) in ("ServiceUnavailableException", "ThrottlingException")
+
+
+def _error_code(client: Any, body: str) -> str:
+    try:
+        client.invoke_model(modelId="claude-sonnet", body=body)
+    except client.exceptions.ClientError as exc:
+        return str(exc.response["Error"]["Code"])
+    return "no error"

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException
 from gateway.api.admin import admin_router
 from gateway.api.asgi import Receive, Scope, Send
 from gateway.api.attempts import Attempts
+from gateway.api.calls import Calls
 from gateway.api.dataplane import DataPlane
 from gateway.auth import Authenticator
 from gateway.catalog import Catalog, Route
@@ -199,6 +201,8 @@ def create_app(
         is_tenant_limit=limiter.is_tenant_limit,
     )
     limiter.on_capacity = queues.settled
+    for name in config.models:
+        metrics.queue_depth.labels(name).set_function(partial(queues.depth, name))
     learned = _learned_quotas(config.limiter, store, metrics)
     limiter.learned = learned.factor
 
@@ -213,15 +217,17 @@ def create_app(
         on_throttled=upstream_throttled,
     )  # fmt: skip
     catalog = Catalog(config.models)
+    calls = Calls(
+        catalog, upstream, limiter, queues, attempts, clock=time.monotonic,
+        fallback_allowed={name: t.allow_fallback for name, t in config.tenants.items()},
+    )  # fmt: skip
     dataplane = DataPlane(
         catalog=catalog,
         authenticator=Authenticator(
             config.tenants, environ, wall_clock, config.server.sigv4_max_skew_s
         ),
         upstream=upstream,
-        limiter=limiter,
-        queues=queues,
-        attempts=attempts,
+        calls=calls,
         metrics=metrics,
         max_body_bytes=config.server.max_body_bytes,
         default_wait_s=config.queue.max_wait_s,

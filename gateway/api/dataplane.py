@@ -10,6 +10,8 @@ Every failure is answered in Bedrock's error shape; nothing escapes as a traceba
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -19,7 +21,6 @@ from urllib.parse import unquote
 
 import orjson
 
-from gateway import cost
 from gateway.api.asgi import (
     ClientDisconnected,
     Headers,
@@ -30,24 +31,21 @@ from gateway.api.asgi import (
     send_response,
     too_large,
 )
-from gateway.api.attempts import Answer, Attempts
-from gateway.api.streaming import StreamCall, forward_stream
+from gateway.api.calls import Call, Calls
 from gateway.auth import Authenticator, Caller, RequestFacts
-from gateway.catalog import Catalog, ModelSpec, Route, Target
+from gateway.catalog import Catalog, Target
 from gateway.errors import (
     AccessDenied,
     GatewayError,
     InternalError,
+    ServiceUnavailable,
     UnknownOperation,
     ValidationError,
     new_request_id,
     render,
 )
-from gateway.limiter.service import Limiter, Ticket
 from gateway.metrics import Metrics
-from gateway.queueing.dispatcher import Queues
-from gateway.streamtap import STREAM_OPERATIONS
-from gateway.upstream.client import NotSent, UpstreamClient, UpstreamResponse
+from gateway.upstream.client import UpstreamClient
 
 log = logging.getLogger("gateway.access")
 
@@ -122,25 +120,6 @@ def _upstream_headers(request: _Request) -> dict[str, str]:
     return headers
 
 
-def gateway_headers(ticket: Ticket, queued_s: float, attempts: int) -> Headers:
-    """What the gateway adds to every answer it forwards: the route taken, the time queued,
-    the upstream attempts made."""
-    return [
-        (b"x-gateway-route", ticket.route.label.encode()),
-        (b"x-gateway-queue-ms", str(round(queued_s * 1000)).encode()),
-        (b"x-gateway-attempts", str(attempts).encode()),
-    ]
-
-
-def _charged(reply: UpstreamResponse, operation: str, burndown: float, reserved: int) -> int:
-    """Quota tokens Bedrock counted for ``reply``: its usage on success, none for an error
-    answer (it refused or failed the call), the full reservation when usage is missing."""
-    if reply.status >= 300:
-        return 0
-    usage = cost.usage_from_headers(reply.headers) or cost.usage_from_body(operation, reply.body)
-    return reserved if usage is None else cost.charge(usage, burndown)
-
-
 def _check_body(body: bytes) -> dict[str, Any]:
     try:
         document = orjson.loads(body)
@@ -159,9 +138,7 @@ class DataPlane:
         catalog: Catalog,
         authenticator: Authenticator,
         upstream: UpstreamClient,
-        limiter: Limiter,
-        queues: Queues,
-        attempts: Attempts,
+        calls: Calls,
         metrics: Metrics,
         max_body_bytes: int,
         default_wait_s: float,
@@ -169,9 +146,7 @@ class DataPlane:
         self._catalog = catalog
         self._auth = authenticator
         self._upstream = upstream
-        self._limiter = limiter
-        self._queues = queues
-        self._attempts = attempts
+        self._calls = calls
         self._default_wait_s = default_wait_s
         self._metrics = metrics
         self._max_body = max_body_bytes
@@ -184,6 +159,14 @@ class DataPlane:
             reply = await self._handle(scope, receive, send, outcome, request_id)
         except ClientDisconnected:
             return
+        except asyncio.CancelledError:
+            # The server is stopping and gave up waiting for this request: still answer it
+            # in Bedrock's shape if the response has not started (best effort), then stop.
+            if not outcome.streamed:
+                stopping = ServiceUnavailable("The gateway is shutting down; retry the request.")
+                with contextlib.suppress(Exception):
+                    await send_response(send, *render(stopping, request_id))
+            raise
         except GatewayError as exc:
             reply = render(exc, request_id)
         except Exception:
@@ -191,6 +174,7 @@ class DataPlane:
             reply = render(InternalError("The gateway failed to process the request."), request_id)
         if reply is None:  # streamed: the response went out as it arrived
             status = 200
+            outcome.streamed = True
         else:
             status, headers, body = reply
             await send_response(send, status, headers, body)
@@ -222,39 +206,15 @@ class DataPlane:
         outcome.model = target.model.name
         if request.operation == "count-tokens":
             return await self._count_tokens(target, request, body, body_sha256)
-        document = _check_body(body)
-        model = target.model
-        estimate = cost.estimate(
-            request.operation, document, default_max_tokens=model.max_output_tokens
-        )
-        reserved = cost.reservation(estimate, model.output_burndown)
-        max_wait_s = self._max_wait_s(caller, request)
-        deadline = time.monotonic() + max_wait_s
-        batch = caller.tenant.batch or request.batch
-
-        async def admit(routes: tuple[Route, ...], wait_s: float, number: int) -> Ticket:
-            member = request_id if number == 1 else f"{request_id}.{number}"
-            ticket, queued_s = await self._queues.admit(
-                member, caller.tenant.name, model.name, routes, reserved,
-                max_wait_s=wait_s, batch=batch,
-            )  # fmt: skip
-            outcome.queued_s += queued_s
-            return ticket
-
-        async def attempt(ticket: Ticket, number: int) -> Answer:
-            ours = gateway_headers(ticket, outcome.queued_s, number)
-            if request.operation in STREAM_OPERATIONS:
-                call = StreamCall(ticket, request.operation, body, body_sha256,
-                                  _upstream_headers(request), estimate, model.output_burndown,
-                                  ours)  # fmt: skip
-                return await forward_stream(self._upstream, self._limiter, call, receive, send)
-            reply = await self._forward(ticket, model, request, body, body_sha256)
-            reply.headers.extend(ours)
-            return reply.status, reply.headers, reply.body
-
-        first = await admit(target.routes, max_wait_s, 1)
-        answer, _ = await self._attempts.run(first, target.routes, deadline, attempt, admit)
-        return answer
+        call = Call(
+            request_id, caller.tenant, request.operation, _check_body(body), body, body_sha256,
+            _upstream_headers(request), caller.tenant.batch or request.batch,
+            time.monotonic() + self._max_wait_s(caller, request), receive, send,
+        )  # fmt: skip
+        try:
+            return await self._calls.run(call, target)
+        finally:
+            outcome.model = call.answered_by or outcome.model
 
     def _max_wait_s(self, caller: Caller, request: _Request) -> float:
         """The queue deadline: the tenant's cap (or the default), lowered by the request's ask."""
@@ -263,23 +223,6 @@ class DataPlane:
         if request.max_wait_ms is None:
             return cap
         return min(cap, request.max_wait_ms / 1000)
-
-    async def _forward(
-        self, ticket: Ticket, model: ModelSpec, request: _Request, body: bytes, body_sha256: str
-    ) -> UpstreamResponse:
-        """Call upstream and settle the ticket exactly once, whatever happens."""
-        actual = ticket.reserved  # an unknown outcome keeps the full reservation: the safe side
-        try:
-            reply = await self._upstream.call(
-                ticket.route, request.operation, body, body_sha256, _upstream_headers(request)
-            )
-            actual = _charged(reply, request.operation, model.output_burndown, ticket.reserved)
-            return reply
-        except NotSent:
-            actual = 0
-            raise
-        finally:
-            await self._limiter.settle(ticket, actual)
 
     async def _count_tokens(
         self, target: Target, request: _Request, body: bytes, body_sha256: str
@@ -313,4 +256,4 @@ class _Outcome:
     operation: str = "unknown"
     model: str = "unknown"
     tenant: str = "unknown"
-    queued_s: float = 0.0
+    streamed: bool = False

@@ -1,0 +1,161 @@
+"""One authenticated model call, from admission to answer.
+
+For the requested model, then (for tenants that allow it) each configured fallback model: the
+cost is estimated the way Bedrock counts it, the call waits for capacity in that model's queue,
+and the admitted call goes upstream through the attempt loop (retries, another route). The
+primary model keeps the request's deadline but a reserve, which its fallbacks share, so a
+fallback answers only when the requested model could not in time. Converse bodies are
+model-neutral; an InvokeModel body only falls back to a model of the same vendor (same format).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import cost
+from gateway.api.asgi import Headers, Receive, Send
+from gateway.api.attempts import Answer, Attempts
+from gateway.api.streaming import StreamCall, forward_stream
+from gateway.auth import Tenant
+from gateway.catalog import Catalog, ModelSpec, Route, Target
+from gateway.errors import Throttled
+from gateway.limiter.service import Limiter, Ticket
+from gateway.queueing.dispatcher import Queues
+from gateway.streamtap import STREAM_OPERATIONS
+from gateway.upstream.client import NotSent, UpstreamClient, UpstreamResponse
+
+_CONVERSE = frozenset({"converse", "converse-stream"})
+FALLBACK_RESERVE_S = 5.0
+"""At most this much of a deadline is kept back from the requested model for its fallbacks."""
+
+
+@dataclass
+class Call:
+    """Everything about one request that its admission and attempts need."""
+
+    request_id: str
+    tenant: Tenant
+    operation: str
+    document: dict[str, Any]
+    body: bytes
+    body_sha256: str
+    upstream_headers: dict[str, str]
+    batch: bool
+    deadline: float
+    receive: Receive
+    send: Send
+    queued_s: float = 0.0
+    answered_by: str = field(default="")
+
+
+def gateway_headers(ticket: Ticket, model: str, queued_s: float, attempts: int) -> Headers:
+    """What the gateway adds to every answer it forwards."""
+    return [
+        (b"x-gateway-route", ticket.route.label.encode()),
+        (b"x-gateway-model", model.encode()),
+        (b"x-gateway-queue-ms", str(round(queued_s * 1000)).encode()),
+        (b"x-gateway-attempts", str(attempts).encode()),
+    ]
+
+
+def charged(reply: UpstreamResponse, operation: str, burndown: float, reserved: int) -> int:
+    """Quota tokens Bedrock counted for ``reply``: its usage on success, none for an error
+    answer (it refused or failed the call), the full reservation when usage is missing."""
+    if reply.status >= 300:
+        return 0
+    usage = cost.usage_from_headers(reply.headers) or cost.usage_from_body(operation, reply.body)
+    return reserved if usage is None else cost.charge(usage, burndown)
+
+
+def _vendor(model: ModelSpec) -> str:
+    return model.model_id.split(".", 1)[0]
+
+
+class Calls:
+    def __init__(
+        self, catalog: Catalog, upstream: UpstreamClient, limiter: Limiter, queues: Queues,
+        attempts: Attempts, *, fallback_allowed: dict[str, bool], clock: Any,
+    ) -> None:  # fmt: skip
+        self._catalog = catalog
+        self._upstream = upstream
+        self._limiter = limiter
+        self._queues = queues
+        self._attempts = attempts
+        self._fallback_allowed = fallback_allowed
+        self._clock = clock
+
+    def candidates(self, call: Call, target: Target) -> list[Target]:
+        """The requested model, then the fallbacks this call may use, in order."""
+        chosen = [target]
+        if not self._fallback_allowed.get(call.tenant.name, False):
+            return chosen
+        for name in target.model.fallback:
+            other = self._catalog.resolve(name)
+            if other is None or not call.tenant.may_use(other.model.name):
+                continue
+            if call.operation in _CONVERSE or _vendor(other.model) == _vendor(target.model):
+                chosen.append(other)
+        return chosen
+
+    async def run(self, call: Call, target: Target) -> Answer:
+        options = self.candidates(call, target)
+        for index, option in enumerate(options):
+            left = call.deadline - self._clock()
+            last = index == len(options) - 1
+            budget = left if last else max(0.0, left - min(FALLBACK_RESERVE_S, left / 2))
+            try:
+                return await self._run_model(call, option, budget)
+            except Throttled:
+                if last:
+                    raise
+        raise AssertionError("unreachable: the last option re-raises")
+
+    async def _run_model(self, call: Call, target: Target, budget_s: float) -> Answer:
+        model = target.model
+        estimate = cost.estimate(
+            call.operation, call.document, default_max_tokens=model.max_output_tokens
+        )
+        reserved = cost.reservation(estimate, model.output_burndown)
+
+        async def admit(routes: tuple[Route, ...], wait_s: float, number: int) -> Ticket:
+            member = call.request_id if number == 1 else f"{call.request_id}.{number}"
+            ticket, queued_s = await self._queues.admit(
+                member, call.tenant.name, model.name, routes, reserved,
+                max_wait_s=wait_s, batch=call.batch,
+            )  # fmt: skip
+            call.queued_s += queued_s
+            return ticket
+
+        async def attempt(ticket: Ticket, number: int) -> Answer:
+            ours = gateway_headers(ticket, model.name, call.queued_s, number)
+            if call.operation in STREAM_OPERATIONS:
+                stream = StreamCall(ticket, call.operation, call.body, call.body_sha256,
+                                    dict(call.upstream_headers), estimate, model.output_burndown,
+                                    ours)  # fmt: skip
+                return await forward_stream(self._upstream, self._limiter, stream, call.receive,
+                                            call.send)  # fmt: skip
+            reply = await self._forward(call, ticket, model)
+            reply.headers.extend(ours)
+            return reply.status, reply.headers, reply.body
+
+        first = await admit(target.routes, budget_s, 1)
+        call.answered_by = model.name
+        answer, _ = await self._attempts.run(first, target.routes, call.deadline, attempt, admit)
+        return answer
+
+    async def _forward(self, call: Call, ticket: Ticket, model: ModelSpec) -> UpstreamResponse:
+        """Call upstream and settle the ticket exactly once, whatever happens."""
+        actual = ticket.reserved  # an unknown outcome keeps the full reservation: the safe side
+        try:
+            reply = await self._upstream.call(
+                ticket.route, call.operation, call.body, call.body_sha256,
+                dict(call.upstream_headers),
+            )  # fmt: skip
+            actual = charged(reply, call.operation, model.output_burndown, ticket.reserved)
+            return reply
+        except NotSent:
+            actual = 0
+            raise
+        finally:
+            await self._limiter.settle(ticket, actual)
