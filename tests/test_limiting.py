@@ -88,6 +88,19 @@ def test_settled_tokens_equal_the_simulators_usage(
     assert used(db, TENANT) == 0  # team-a has no budget configured: no tenant bucket
 
 
+def test_answers_carry_the_tenants_remaining_budget(
+    limited: Any, make_client: ClientFactory
+) -> None:
+    client = make_client(limited(tenant={"tpm": 50_000}).url)
+    first = invoke(client, "one [sim:output_tokens=10]", max_tokens=100)["ResponseMetadata"]
+    second = invoke(client, "two [sim:output_tokens=10]", max_tokens=100)["ResponseMetadata"]
+    policy = first["HTTPHeaders"]["ratelimit-policy"]
+    assert policy == '"tpm";q=50000;w=60'
+    left = [int(r["HTTPHeaders"]["ratelimit"].split("r=")[1]) for r in (first, second)]
+    assert 50_000 - 600 < left[0] < 50_000  # the first reservation (~input + 100 x 5)
+    assert left[1] < left[0]  # the second left less, though the first was refunded to its use
+
+
 def test_tenant_budget_throttles_with_retry_hints(
     limited: Any, make_client: ClientFactory, db: redis.Redis
 ) -> None:

@@ -20,6 +20,7 @@ from gateway.api.streaming import StreamCall, forward_stream
 from gateway.auth import Tenant
 from gateway.catalog import Catalog, ModelSpec, Route, Target
 from gateway.errors import Throttled
+from gateway.limiter.core import Kind, Period
 from gateway.limiter.service import Limiter, Ticket
 from gateway.queueing.dispatcher import Queues
 from gateway.streamtap import STREAM_OPERATIONS
@@ -56,6 +57,26 @@ def gateway_headers(ticket: Ticket, model: str, queued_s: float, attempts: int) 
         (b"x-gateway-model", model.encode()),
         (b"x-gateway-queue-ms", str(round(queued_s * 1000)).encode()),
         (b"x-gateway-attempts", str(attempts).encode()),
+        *rate_limit_headers(ticket),
+    ]
+
+
+def rate_limit_headers(ticket: Ticket) -> Headers:
+    """The tenant's first budget and what is left of it, in the IETF RateLimit header style
+    (draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Policy: "tpm";q=50000;w=60`` and
+    ``RateLimit: "tpm";r=12345``. Nothing when the tenant has no token or request budget."""
+    remaining = ticket.admitted.remaining
+    if remaining is None or not ticket.plan.common:
+        return []
+    bucket = ticket.plan.common[0].bucket
+    name = bucket.key.rsplit(":", 1)[1]
+    if bucket.kind == Kind.WINDOW:
+        window = (bucket.b - 1) * bucket.a // 1000
+    else:
+        window = 86_400 if bucket.a == Period.DAY else 2_592_000
+    return [
+        (b"ratelimit-policy", f'"{name}";q={bucket.limit};w={window}'.encode()),
+        (b"ratelimit", f'"{name}";r={remaining}'.encode()),
     ]
 
 

@@ -98,6 +98,9 @@ class Admitted:
     """1-based index of the alternative admitted, 0 when the plan has none."""
     now_ms: int
     """The store's time at admission: settlement finds slots and periods from it."""
+    remaining: int | None = None
+    """What the plan's first common charge's bucket (the tenant's budget) has left after this
+    admission; None when there is no such bucket or it counts leases."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,12 +82,18 @@ class MemoryStore:
             alternative = max(chosen, 0)
             for charge in plan.committed(alternative):
                 self._add(charge, plan.member, now)
-            return Admitted(alternative, now)
+            return Admitted(alternative, now, self._remaining(plan))
         # an alternative that fits now leaves the plan waiting only on its common charges
         wait = common_wait if chosen > 0 else combine_waits(common_wait, waits)
         bucket = common_blocker if common_wait != 0 else blocker
         assert bucket is not None
         return Denied(wait, bucket)
+
+    def _remaining(self, plan: Plan) -> int | None:
+        if not plan.common or plan.common[0].bucket.kind == Kind.LEASES:
+            return None
+        bucket = plan.common[0].bucket
+        return max(0, bucket.limit - self._states[bucket.key].total)
 
     def _group_wait(self, group: tuple[Charge, ...], now: int) -> tuple[int | None, Bucket | None]:
         """0 when every charge fits now; else the longest wait (None: never) and its bucket."""

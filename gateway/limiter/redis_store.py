@@ -88,7 +88,8 @@ class RedisStore:
         keys, args = encode_admit(plan, now_ms)
         reply = await self._call(self._admit, keys, args)
         if int(reply[0]) == 1:
-            return Admitted(int(reply[1]), int(reply[2]))
+            remaining = int(reply[3])
+            return Admitted(int(reply[1]), int(reply[2]), None if remaining < 0 else remaining)
         wait = int(reply[1])
         flat = [c.bucket for group in plan.groups() for c in group]
         return Denied(None if wait < 0 else wait, flat[int(reply[2]) - 1])

@@ -128,7 +128,7 @@ async def test_first_alternative_that_fits_is_taken(store: Store) -> None:
     decision = await store.admit(
         plan(tokens(tenant, 20), alternatives=((tokens(full, 20),), (tokens(roomy, 20),))), T0
     )
-    assert decision == Admitted(2, T0)
+    assert decision == Admitted(2, T0, remaining=80)  # the tenant bucket: 100 - 20
     # only the chosen alternative was charged
     assert isinstance(await store.admit(plan(tokens(full, 10), member="x"), T0), Admitted)
     assert isinstance(await store.admit(plan(tokens(roomy, 81), member="y"), T0), Denied)

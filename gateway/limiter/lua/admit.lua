@@ -7,7 +7,8 @@
 -- ARGV: now_ms|"", member, ngroups, size of each group (group 1: the common charges; each
 --   further group one alternative), then 5 numbers per bucket: kind, limit, cost, a, b
 --   (window: a = slot_ms, b = span; period: a = 1 day | 2 month; leases: a = ttl_ms).
--- Returns {1, alternative (0: none), now_ms} or {0, wait_ms (-1: never), bucket index}.
+-- Returns {1, alternative (0: none), now_ms, remaining of the first common bucket (-1: none
+--   or a lease bucket)} or {0, wait_ms (-1: never), bucket index}.
 
 local now = tonumber(ARGV[1])
 if not now then
@@ -178,7 +179,16 @@ if common_wait == 0 and (chosen > 0 or ngroups == 1) then
       add(KEYS[i], kind, cost, a, b)
     end
   end
-  return {1, chosen, now}
+  -- what the first common charge (the tenant's budget) has left, for RateLimit headers
+  local remaining = -1
+  if sizes[1] > 0 then
+    local kind, limit = spec(1)
+    if kind ~= 3 then
+      local used = tonumber(redis.call('HGET', KEYS[1], 't')) or 0
+      remaining = math.max(0, limit - used)
+    end
+  end
+  return {1, chosen, now, remaining}
 end
 
 local wait = common_wait
