@@ -1,12 +1,12 @@
-"""Token cost of one request: the input estimate and output cap reserved before forwarding,
-the usage Bedrock reports afterwards (headers, body, stream events) and the quota each costs
-under BEDROCK.md §4 (reserve input + max_tokens × burndown, settle input + cacheWrite + output)."""
+"""Token cost of one request: the input estimate and output cap reserved before forwarding, and
+the quota a reservation and a reported usage each cost under BEDROCK.md §4 (reserve input +
+max_tokens × burndown, settle input + cacheWrite + output × burndown). usage.py reads usage."""
 
 from __future__ import annotations
 
 import math
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,20 +125,20 @@ def _thinking_budget(fields: Any) -> Any:
 
 def _max_output(requested: Any, budget: Any, default: int) -> int:
     # Absent or malformed: Bedrock reserves the model maximum, so do we.
-    cap = requested if _is_count(requested) else default
-    if _is_count(budget):  # interleaved thinking may budget past max_tokens; never past the model
+    cap = requested if is_count(requested) else default
+    if is_count(budget):  # interleaved thinking may budget past max_tokens; never past the model
         cap = max(cap, min(budget, default))
     return max(1, cap)
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
     return type(value) is int  # not bool, not float
 
 
 # --- text ----------------------------------------------------------------------------
 
 
-def _text(text: str) -> float:
+def text_tokens(text: str) -> float:
     # Character classes counted by C-speed passes only (encode, translate): a per-character
     # Python loop or a regex would cost ten times the budget of the whole estimate.
     if text.isascii():
@@ -164,12 +164,12 @@ def _ascii(raw: bytes, foreign: int) -> float:
 def _json(value: Any) -> float:
     """A structured value (tool input, schema) as the model sees it: compact JSON text."""
     if isinstance(value, str):
-        return _text(value)
+        return text_tokens(value)
     try:
         raw = orjson.dumps(value)
     except orjson.JSONEncodeError:  # not JSON at all (or absurdly deep): Bedrock rejects it
         return 0.0
-    return _ascii(raw, 0) if raw.isascii() else _text(raw.decode())
+    return _ascii(raw, 0) if raw.isascii() else text_tokens(raw.decode())
 
 
 def _base64(data: Any) -> float:
@@ -184,7 +184,7 @@ def _invoke(body: Mapping[str, Any]) -> float:
         return _messages(body, body["messages"])
     for key in ("inputText", "prompt"):  # Titan; Llama, Mistral, Cohere Command, DeepSeek
         if isinstance(body.get(key), str):
-            return _text(body[key])
+            return text_tokens(body[key])
     if isinstance(body.get("message"), str):  # Cohere Command R
         return _cohere(body)
     return _json(body)  # unknown shape: every character of it, on the safe side
@@ -206,7 +206,7 @@ def _messages(body: Mapping[str, Any], messages: list[Any]) -> float:
 
 def _content(content: Any, depth: int) -> float:
     if isinstance(content, str):
-        return _text(content)
+        return text_tokens(content)
     if not isinstance(content, list):
         return 0.0
     if depth > _NESTING:
@@ -222,7 +222,7 @@ def _content(content: Any, depth: int) -> float:
 def _block(block: Mapping[str, Any], kind: Any, depth: int) -> float:
     """One Anthropic content block."""
     if kind == "text":
-        return _text(block["text"]) if isinstance(block.get("text"), str) else 0.0
+        return text_tokens(block["text"]) if isinstance(block.get("text"), str) else 0.0
     if kind in ("image", "image_url"):  # image_url: OpenAI-style bodies
         return IMAGE_TOKENS
     if kind == "tool_use":
@@ -232,7 +232,7 @@ def _block(block: Mapping[str, Any], kind: Any, depth: int) -> float:
     if kind == "document":
         return _document(block.get("source"), depth)
     if kind == "thinking":
-        return _text(block["thinking"]) if isinstance(block.get("thinking"), str) else 0.0
+        return text_tokens(block["thinking"]) if isinstance(block.get("thinking"), str) else 0.0
     if kind == "redacted_thinking":
         return _base64(block.get("data"))
     return _json(block)  # a block type this estimator does not know: all of it
@@ -243,7 +243,7 @@ def _document(source: Any, depth: int) -> float:
         return 0.0
     kind, data = source.get("type"), source.get("data")
     if kind == "text" and isinstance(data, str):
-        return _text(data)
+        return text_tokens(data)
     if kind == "base64":
         return _base64(data)
     if kind == "content":
@@ -269,7 +269,7 @@ def _tool_parts(name: Any, description: Any, schema: Any) -> float:
 
 
 def _cohere(body: Mapping[str, Any]) -> float:
-    cost = _text(body["message"]) + _json(body.get("preamble") or "")
+    cost = text_tokens(body["message"]) + _json(body.get("preamble") or "")
     history = body.get("chat_history")
     for turn in history if isinstance(history, list) else ():
         if isinstance(turn, dict):
@@ -294,7 +294,7 @@ def _converse_tools(config: Mapping[str, Any]) -> float:
     tools = config.get("tools")
     if not isinstance(tools, list):
         return 0.0
-    return sum(_tool_spec(t["toolSpec"]) for t in tools if _has_dict(t, "toolSpec"))
+    return sum(_tool_spec(t["toolSpec"]) for t in tools if has_dict(t, "toolSpec"))
 
 
 def _tool_spec(spec: Mapping[str, Any]) -> float:
@@ -303,7 +303,7 @@ def _tool_spec(spec: Mapping[str, Any]) -> float:
     return _tool_parts(spec.get("name"), spec.get("description"), schema)
 
 
-def _has_dict(value: Any, key: str) -> bool:
+def has_dict(value: Any, key: str) -> bool:
     return isinstance(value, dict) and isinstance(value.get(key), dict)
 
 
@@ -312,7 +312,7 @@ def _converse_block(block: Mapping[str, Any], depth: int) -> float:
     cost = 0.0
     for key, value in block.items():
         if key == "text":
-            cost += _text(value) if isinstance(value, str) else 0.0
+            cost += text_tokens(value) if isinstance(value, str) else 0.0
         elif key == "image":
             cost += IMAGE_TOKENS
         elif key in ("video", "audio"):
@@ -336,7 +336,7 @@ def _converse_document(document: Mapping[str, Any], depth: int) -> float:
     if not isinstance(source, dict):
         return cost
     if isinstance(source.get("text"), str):
-        return cost + _text(source["text"])
+        return cost + text_tokens(source["text"])
     if "bytes" in source:
         return cost + _base64(source["bytes"])
     if "content" in source:
@@ -350,169 +350,9 @@ def _wrapped(value: Mapping[str, Any]) -> float:
     cost = 0.0
     for key, inner in value.items():
         if isinstance(inner, dict) and isinstance(inner.get("text"), str):
-            cost += _text(inner["text"])
+            cost += text_tokens(inner["text"])
         elif key == "image":
             cost += IMAGE_TOKENS
         elif key == "redactedContent":
             cost += _base64(inner)
-    return cost
-
-
-# --- reported usage ------------------------------------------------------------------
-
-_HEADERS = {
-    b"x-amzn-bedrock-input-token-count": 0,
-    b"x-amzn-bedrock-output-token-count": 1,
-    b"x-amzn-bedrock-cache-read-input-token-count": 2,
-    b"x-amzn-bedrock-cache-write-input-token-count": 3,
-}
-# (input, output, cache read, cache write) key names, by response family.
-_CONVERSE_KEYS = ("inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens")
-_INVOKE_KEYS = (
-    ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"),
-    ("inputTokens", "outputTokens", "cacheReadInputTokenCount", "cacheWriteInputTokenCount"),
-    ("prompt_tokens", "completion_tokens", "", ""),  # OpenAI-style (Mistral, gpt-oss, …)
-)
-_METRICS_KEYS = (
-    "inputTokenCount",
-    "outputTokenCount",
-    "cacheReadInputTokenCount",
-    "cacheWriteInputTokenCount",
-)
-
-
-def usage_from_headers(headers: Iterable[tuple[bytes, bytes]]) -> Usage | None:
-    """Usage from InvokeModel's ``X-Amzn-Bedrock-*-Token-Count`` response headers, or None
-    when the input or output count is missing or not a number."""
-    counts: list[int | None] = [None, None, 0, 0]
-    for name, value in headers:
-        slot = _HEADERS.get(name.lower())
-        if slot is not None:
-            counts[slot] = int(value) if value.strip().isdigit() else None
-    return _usage(*counts)
-
-
-def usage_from_body(operation: str, body: bytes) -> Usage | None:
-    """Usage from a non-streaming response body (Converse ``usage``; Anthropic, Nova or
-    OpenAI-style ``usage`` on InvokeModel), or None if the body does not carry one."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    usage = data.get("usage") if isinstance(data, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    if operation in ("converse", "converse-stream"):
-        return _usage_from(usage, _CONVERSE_KEYS)
-    for keys in _INVOKE_KEYS:
-        if keys[0] in usage:
-            return _usage_from(usage, keys)
-    return None
-
-
-def _usage_from(
-    fields: Mapping[str, Any], keys: tuple[str, str, str, str], read: int = 0, write: int = 0
-) -> Usage | None:
-    # Cache counts are optional (absent or null when caching is off); the others are not.
-    cache_read, cache_write = fields.get(keys[2]), fields.get(keys[3])
-    return _usage(
-        fields.get(keys[0]),
-        fields.get(keys[1]),
-        read if cache_read is None else cache_read,
-        write if cache_write is None else cache_write,
-    )
-
-
-def _usage(inp: Any, out: Any, read: Any, write: Any) -> Usage | None:
-    if all(_is_count(n) and n >= 0 for n in (inp, out, read, write)):
-        return Usage(inp, out, read, write)
-    return None
-
-
-class StreamUsage:
-    """Usage gathered from a response stream's decoded events as they pass.
-
-    Reported counts win; until they arrive, the output so far is estimated from the text
-    deltas, so a stream cut short can still be settled on what it delivered."""
-
-    __slots__ = ("_final", "_input", "_output", "_read", "_streamed", "_write")
-
-    def __init__(self) -> None:
-        self._final: Usage | None = None  # Converse metadata / Bedrock invocation metrics
-        self._input: int | None = None  # Anthropic message_start
-        self._output: int | None = None  # Anthropic message_delta: cumulative, so the last
-        self._read = self._write = 0
-        self._streamed = 0.0  # estimated tokens of the deltas seen
-
-    def feed_converse_event(self, event_type: str, payload: Mapping[str, Any]) -> None:
-        """One ConverseStream event: ``metadata`` carries the usage (it comes last)."""
-        if event_type == "metadata" and isinstance(payload.get("usage"), dict):
-            self._final = _usage_from(payload["usage"], _CONVERSE_KEYS) or self._final
-        elif event_type == "contentBlockDelta":
-            self._streamed += _delta(payload.get("delta"))
-
-    def feed_invoke_chunk(self, chunk: Mapping[str, Any]) -> None:
-        """One decoded InvokeModelWithResponseStream chunk (the model-native JSON)."""
-        kind = chunk.get("type")
-        if kind == "message_start" and _has_dict(chunk, "message"):
-            self._take(chunk["message"].get("usage"), final=False)
-        elif kind == "message_delta":
-            self._take(chunk.get("usage"), final=True)
-        elif kind == "content_block_delta":
-            self._streamed += _delta(chunk.get("delta"))
-        metrics = chunk.get("amazon-bedrock-invocationMetrics")  # in the last chunk
-        if isinstance(metrics, dict):  # Bedrock's own count: wins, cache counts filled in
-            final = _usage_from(metrics, _METRICS_KEYS, self._read, self._write)
-            self._final = final or self._final
-
-    def _take(self, usage: Any, *, final: bool) -> None:
-        # message_start's output count is a placeholder (about 1); only message_delta's,
-        # cumulative, says what the response cost.
-        if not isinstance(usage, dict):
-            return
-        for key, value in usage.items():
-            if not (_is_count(value) and value >= 0):
-                continue
-            if key == "input_tokens":
-                self._input = value
-            elif key == "output_tokens" and final:
-                self._output = value
-            elif key == "cache_read_input_tokens":
-                self._read = value
-            elif key == "cache_creation_input_tokens":
-                self._write = value
-
-    def usage(self) -> Usage | None:
-        """The reported usage, once the stream has carried both input and output counts."""
-        if self._final is not None:
-            return self._final
-        if self._input is None or self._output is None:
-            return None
-        return Usage(self._input, self._output, self._read, self._write)
-
-    def best_known(self, est: Estimate) -> Usage:
-        """What to settle on when the stream ends early: reported counts where known, else
-        the estimated input and the larger of reported and streamed output."""
-        if self._final is not None:
-            return self._final
-        streamed = math.ceil(self._streamed)
-        output = streamed if self._output is None else max(self._output, streamed)
-        inp = est.input_tokens if self._input is None else self._input
-        return Usage(inp, output, self._read, self._write)
-
-
-_DELTA_TEXT = ("text", "thinking", "partial_json", "input")
-
-
-def _delta(delta: Any) -> float:
-    # Anthropic {type, text | thinking | partial_json}; Converse {text} | {toolUse: {input}}
-    # | {reasoningContent: {text}}: text at most one level down.
-    if not isinstance(delta, dict):
-        return 0.0
-    cost = 0.0
-    for key, value in delta.items():
-        if isinstance(value, dict):
-            cost += sum(_text(value[k]) for k in _DELTA_TEXT if isinstance(value.get(k), str))
-        elif key in _DELTA_TEXT and isinstance(value, str):
-            cost += _text(value)
     return cost

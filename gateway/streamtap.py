@@ -16,6 +16,7 @@ import orjson
 from gateway import cost
 from gateway.errors import GatewayError
 from gateway.eventstream import EventStreamDecoder, FramingError, Message, encode_message
+from gateway.usage import StreamUsage
 
 STREAM_OPERATIONS = frozenset({"invoke-with-response-stream", "converse-stream"})
 
@@ -53,7 +54,7 @@ class StreamTap:
         self._invoke = operation == "invoke-with-response-stream"
         self._decoder = EventStreamDecoder()
         self._unsent = bytearray()
-        self.usage = cost.StreamUsage()
+        self.usage = StreamUsage()
         self.frames = 0  # frames relayed
         self.upstream_exception: str | None = None  # the :exception-type the upstream sent
         self.error: FramingError | None = None

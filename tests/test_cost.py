@@ -17,15 +17,13 @@ from gateway.cost import (
     IMAGE_TOKENS,
     MEDIA_TOKENS,
     Estimate,
-    StreamUsage,
     Usage,
     charge,
     estimate,
     reservation,
-    usage_from_body,
-    usage_from_headers,
 )
 from gateway.simulator.tokens import input_tokens as simulated_tokens
+from gateway.usage import StreamUsage, usage_from_body, usage_from_headers
 
 MODEL_MAX = 64_000
 PROSE = (

@@ -14,6 +14,7 @@ from gateway.eventstream import EventStreamDecoder
 from gateway.simulator.events import event_frame, exception_frame
 from gateway.streamtap import StreamTap
 from gateway.streamtap import exception_frame as gateway_exception_frame
+from gateway.usage import StreamUsage
 
 ESTIMATE = cost.Estimate(input_tokens=40, max_output_tokens=100)
 
@@ -69,7 +70,7 @@ def test_invoke_chunks_settle_on_bedrocks_invocation_metrics() -> None:
 def test_a_cut_stream_settles_on_the_best_count_known() -> None:
     tap = StreamTap("invoke-with-response-stream")
     tap.feed(INVOKE[0] + INVOKE[1])
-    streamed = cost.StreamUsage()
+    streamed = StreamUsage()
     streamed.feed_invoke_chunk({"type": "content_block_delta", "delta": {"text": "Hi you"}})
     expected = cost.charge(cost.Usage(30, streamed.best_known(ESTIMATE).output_tokens), 5)
     assert tap.settlement(ESTIMATE, 5, 999) == expected

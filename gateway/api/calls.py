@@ -25,6 +25,7 @@ from gateway.limiter.service import Limiter, Ticket
 from gateway.queueing.dispatcher import Queues
 from gateway.streamtap import STREAM_OPERATIONS
 from gateway.upstream.client import NotSent, UpstreamClient, UpstreamResponse
+from gateway.usage import usage_from_body, usage_from_headers
 
 _CONVERSE = frozenset({"converse", "converse-stream"})
 FALLBACK_RESERVE_S = 5.0
@@ -85,7 +86,7 @@ def charged(reply: UpstreamResponse, operation: str, burndown: float, reserved: 
     answer (it refused or failed the call), the full reservation when usage is missing."""
     if reply.status >= 300:
         return 0
-    usage = cost.usage_from_headers(reply.headers) or cost.usage_from_body(operation, reply.body)
+    usage = usage_from_headers(reply.headers) or usage_from_body(operation, reply.body)
     return reserved if usage is None else cost.charge(usage, burndown)
 
 
