@@ -15,7 +15,7 @@ from gateway.auth import hash_key
 from gateway.config import GatewayConfig, parse_config
 from gateway.simulator.app import create_simulator_app
 from gateway.simulator.config import SimulatorConfig
-from tests.servers import ServerThread
+from tests.servers import RedisServer, ServerThread
 
 # Never let botocore's credential chain reach for the EC2 metadata service (no network here).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -72,6 +72,14 @@ def gateway_settings(upstream_url: str, **server: Any) -> dict[str, Any]:
             },
         },
     }
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the whole run; tests flush what they use."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -27,12 +27,6 @@ from tests.servers import RedisServer, ServerThread
 ADMIN_KEY = "gw-admin-key-for-tests"
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
 
 def test_a_local_throttle_lowers_the_factor_and_it_recovers() -> None:
     now = [1000.0]

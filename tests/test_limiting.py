@@ -27,12 +27,6 @@ PROFILE_POOL = f"{{bgw}}:pool:test:us-east-1:geo:{SONNET}"
 TENANT = "{bgw}:tenant:team-a"
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture
 def db(redis_server: RedisServer) -> redis.Redis:

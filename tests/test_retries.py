@@ -25,12 +25,6 @@ POOL = f"{{bgw}}:pool:test:us-east-1:on-demand:{SONNET}:tpm"
 PROFILE_POOL = f"{{bgw}}:pool:test:us-east-1:geo:{SONNET}:tpm"
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture
 def gateway(simulator: ServerThread, redis_server: RedisServer) -> Iterator[tuple[Any, Any]]:

@@ -38,12 +38,6 @@ from tests.test_server import signed
 BURNDOWN = 5  # claude-sonnet in tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture(scope="module")
 def gateway(simulator: ServerThread, redis_server: RedisServer) -> Iterator[ServerThread]:

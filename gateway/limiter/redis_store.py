@@ -21,8 +21,13 @@ class StoreUnavailable(Exception):
     """The shared store did not answer; the limiter decides what that means."""
 
 
-def _script(name: str) -> str:
+def _lua(name: str) -> str:
     return resources.files("gateway.limiter").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def _script(name: str, prelude: str | None = None) -> str:
+    """A script's text, after the shared prelude it builds on (a script runs as one unit)."""
+    return (_lua(prelude) + "\n" if prelude else "") + _lua(name)
 
 
 def encode_admit(plan: Plan, now_ms: int | None) -> tuple[list[str], list[Any]]:
@@ -50,8 +55,8 @@ def encode_settle(
 
 
 class _Script:
-    def __init__(self, name: str) -> None:
-        self.text = _script(name)
+    def __init__(self, name: str, prelude: str | None = None) -> None:
+        self.text = _script(name, prelude)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
 
@@ -76,8 +81,8 @@ class RedisStore:
 
     def __init__(self, pipe: Pipe) -> None:
         self._pipe = pipe
-        self._admit = _Script("admit.lua")
-        self._settle = _Script("settle.lua")
+        self._admit = _Script("admit.lua", "common.lua")
+        self._settle = _Script("settle.lua", "common.lua")
         self._adapt = _Script("adapt.lua")
 
     @classmethod

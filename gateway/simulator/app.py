@@ -23,7 +23,8 @@ from gateway.errors import (
 )
 from gateway.simulator.admission import Sim
 from gateway.simulator.asgi import (
-    ClientGone,
+    MAX_BODY,
+    ClientDisconnected,
     Receive,
     Scope,
     Send,
@@ -62,7 +63,7 @@ class SimulatorApp:
         request_id = new_request_id()
         try:
             await self._route(scope, receive, send, request_id)
-        except ClientGone:
+        except ClientDisconnected:
             return
         except GatewayError as error:
             await send_response(send, *error_response(error, request_id))
@@ -78,21 +79,21 @@ class SimulatorApp:
         if target is not None and method == "POST":
             model, op = target
             if op in _UNARY_OPS:
-                body = await read_body(receive)
+                body = await read_body(receive, MAX_BODY)
                 result = await invoke_or_converse(self.sim, scope, body, model, op, request_id)
                 await send_response(send, *result)
                 return
             if op in _STREAM_OPS:
-                body = await read_body(receive)
+                body = await read_body(receive, MAX_BODY)
                 await stream_operation(self.sim, scope, receive, send, body, model, op, request_id)
                 return
             if op == "count-tokens":
-                result = count_tokens_operation(await read_body(receive), request_id)
+                result = count_tokens_operation(await read_body(receive, MAX_BODY), request_id)
                 await send_response(send, *result)
                 return
         amz_target = header(scope, b"x-amz-target") if raw_path == b"/" else None
         if amz_target is not None and method == "POST":
-            body = await read_body(receive)
+            body = await read_body(receive, MAX_BODY)
             result = service_quotas_operation(self.sim.config, scope, amz_target, body, request_id)
             await send_response(send, *result)
             return
@@ -118,7 +119,7 @@ class SimulatorApp:
             sim.registry.reset(restore_config=_flag(query, b"config"))
             result = {"reset": True}
         elif path == b"/_simulator/pools" and method == "PUT":
-            overrides = _parse_pools(await read_body(receive))
+            overrides = _parse_pools(await read_body(receive, MAX_BODY))
             sim.registry.replace_overrides(overrides, sim.clock())
             result = {"pools": [o.model_dump(exclude_unset=True) for o in overrides]}
         elif path == b"/_simulator/pools" and method == "GET":

@@ -1,23 +1,14 @@
-"""The few ASGI primitives the simulator needs, without a framework on the hot path:
-reading a bounded body, sending a whole response, and answering the lifespan protocol."""
+"""The few ASGI primitives the simulator needs beyond the gateway's own (gateway/api/asgi.py):
+a header lookup, whole JSON responses, and answering the lifespan protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from gateway.api.asgi import ClientDisconnected, Receive, Scope, Send, read_body
+from gateway.errors import Headers
 
-from gateway.errors import Headers, ValidationError
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+__all__ = ["MAX_BODY", "ClientDisconnected", "Receive", "Scope", "Send", "read_body"]
 
 MAX_BODY = 25_000_000  # InvokeModel's modelled body limit (BEDROCK.md §1)
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -26,22 +17,6 @@ def header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
-
-
-async def read_body(receive: Receive, limit: int = MAX_BODY) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ValidationError(f"The request body exceeds {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def send_response(send: Send, status: int, headers: Headers, body: bytes) -> None:

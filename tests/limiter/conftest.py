@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -10,13 +10,6 @@ import redis.asyncio as aioredis
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.redis_store import RedisStore
 from tests.servers import RedisServer
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 async def fresh_store(url: str) -> RedisStore:

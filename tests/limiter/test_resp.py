@@ -51,12 +51,6 @@ def test_redis_urls() -> None:
         parse_redis_url("http://x")
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Any:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_pipelined_replies_reach_their_callers(redis_server: RedisServer, loop: str) -> None:

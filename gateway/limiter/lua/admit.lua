@@ -1,8 +1,7 @@
 -- admit.lua: admit one request against all of its buckets atomically, all or nothing.
 -- The specification is gateway/limiter/core.py; gateway/limiter/memory.py is the reference
 -- this script must match step for step (a property test checks it).
--- Time: Redis TIME, so replicas with skewed clocks agree; ARGV[1] may carry a time in ms
--- instead (tests only; the gateway always sends "").
+-- Time and the window arithmetic: common.lua, prepended to this script when it is loaded.
 -- KEYS: one per bucket, all in one hash slot (the {prefix} hash tag).
 -- ARGV: now_ms|"", member, ngroups, size of each group (group 1: the common charges; each
 --   further group one alternative), then 5 numbers per bucket: kind, limit, cost, a, b
@@ -10,28 +9,9 @@
 -- Returns {1, alternative (0: none), now_ms, remaining of the first common bucket (-1: none
 --   or a lease bucket)} or {0, wait_ms (-1: never), bucket index}.
 
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 local member = ARGV[2]
 local ngroups = tonumber(ARGV[3])
-local DAY = 86400000
 local LEASE_HINT = 250
-
-local function days_to_month(days)  -- UTC civil month index (year * 12 + month - 1)
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
-  return y * 12 + m - 1
-end
 
 local function month_start_days(index)  -- days since the epoch of a month's first day
   local y, m = math.floor(index / 12), index % 12 + 1
@@ -44,40 +24,10 @@ local function month_start_days(index)  -- days since the epoch of a month's fir
   return era * 146097 + doe - 719468
 end
 
-local function period_of(kind)
-  local day = math.floor(now / DAY)
-  if kind == 1 then return day end
-  return days_to_month(day)
-end
-
 local function period_end(kind)
   local day = math.floor(now / DAY)
   if kind == 1 then return (day + 1) * DAY end
   return month_start_days(days_to_month(day) + 1) * DAY
-end
-
--- Drop the slots that left the window; returns the total still counted and the current slot.
-local function advance(key, slot_ms, span)
-  local cur = math.floor(now / slot_ms)
-  local first = cur - span + 1
-  local v = redis.call('HMGET', key, 't', 'o')
-  local total, oldest = tonumber(v[1]) or 0, tonumber(v[2])
-  if oldest and oldest < first then
-    if first - oldest >= span then
-      redis.call('DEL', key)
-      total = 0
-    else
-      for s = oldest, first - 1 do
-        local amount = redis.call('HGET', key, s)
-        if amount then
-          total = total - tonumber(amount)
-          redis.call('HDEL', key, s)
-        end
-      end
-      redis.call('HSET', key, 't', total, 'o', first)
-    end
-  end
-  return total, cur, first
 end
 
 local function window_wait(key, limit, cost, slot_ms, span)
@@ -102,7 +52,7 @@ local function wait_for(key, kind, limit, cost, a, b)
   if kind == 1 then return window_wait(key, limit, cost, a, b) end
   if kind == 2 then
     local v = redis.call('HMGET', key, 'p', 't')
-    local used = (tonumber(v[1]) == period_of(a)) and (tonumber(v[2]) or 0) or 0
+    local used = (tonumber(v[1]) == period_at(now, a)) and (tonumber(v[2]) or 0) or 0
     if used + cost <= limit then return 0 end
     return period_end(a) - now
   end
@@ -120,7 +70,7 @@ local function add(key, kind, cost, a, b)
     redis.call('HSETNX', key, 'o', cur - b + 1)
     redis.call('PEXPIRE', key, (b + 1) * a)
   elseif kind == 2 then
-    local p = period_of(a)
+    local p = period_at(now, a)
     local v = redis.call('HMGET', key, 'p', 't')
     local used = (tonumber(v[1]) == p) and (tonumber(v[2]) or 0) or 0
     redis.call('HSET', key, 'p', p, 't', used + cost)
