@@ -95,7 +95,7 @@ class FailoverStore:
 
     def _failed(self, operation: str, exc: Exception) -> None:
         self._listener.store_failed(operation)
-        if not self.degraded:
+        if not self._down_until:  # the first failure of an outage, not each retry during it
             log.error("limiter store %s failed (%s); %s for %.1f s", self.name, exc,
                       "local share" if self._mode == "local" else "denying",
                       self._retry_after_s)  # fmt: skip
