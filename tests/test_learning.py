@@ -27,7 +27,6 @@ from tests.servers import RedisServer, ServerThread
 ADMIN_KEY = "gw-admin-key-for-tests"
 
 
-
 def test_a_local_throttle_lowers_the_factor_and_it_recovers() -> None:
     now = [1000.0]
     learned = LearnedQuotas(Aimd(0.7, 0.01, 0.1, 2), None, "k", wall=lambda: now[0])

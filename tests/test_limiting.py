@@ -27,7 +27,6 @@ PROFILE_POOL = f"{{bgw}}:pool:test:us-east-1:geo:{SONNET}"
 TENANT = "{bgw}:tenant:team-a"
 
 
-
 @pytest.fixture
 def db(redis_server: RedisServer) -> redis.Redis:
     client = redis.Redis.from_url(redis_server.url)

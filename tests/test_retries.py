@@ -25,7 +25,6 @@ POOL = f"{{bgw}}:pool:test:us-east-1:on-demand:{SONNET}:tpm"
 PROFILE_POOL = f"{{bgw}}:pool:test:us-east-1:geo:{SONNET}:tpm"
 
 
-
 @pytest.fixture
 def gateway(simulator: ServerThread, redis_server: RedisServer) -> Iterator[tuple[Any, Any]]:
     db = redis.Redis.from_url(redis_server.url)

@@ -38,7 +38,6 @@ from tests.test_server import signed
 BURNDOWN = 5  # claude-sonnet in tests/conftest.py
 
 
-
 @pytest.fixture(scope="module")
 def gateway(simulator: ServerThread, redis_server: RedisServer) -> Iterator[ServerThread]:
     """A gateway on Redis whose on-demand route also limits concurrency (a lease per call)."""

@@ -51,7 +51,6 @@ def test_redis_urls() -> None:
         parse_redis_url("http://x")
 
 
-
 @pytest.mark.parametrize("loop", LOOPS)
 def test_pipelined_replies_reach_their_callers(redis_server: RedisServer, loop: str) -> None:
     async def run() -> list[Any]:
