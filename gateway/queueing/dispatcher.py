@@ -94,27 +94,32 @@ class _Group:
             await self._attempt(entry, waiter)
 
     async def _attempt(self, entry: Entry[Waiter], waiter: Waiter) -> None:
+        """Try the head once. The queue may change during the store call (arrivals, waiters
+        giving up), so every outcome takes out ``entry`` itself, never "the head now"; and the
+        wake-up is reset before the call, so a settlement during it is not lost."""
         owner = self.owner
+        self.wake.clear()
         try:
             decision = await owner.limiter.admit(
                 waiter.member, waiter.tenant, waiter.routes, waiter.reserved
             )
         except GatewayError as exc:
-            self.queue.pop()
-            waiter.future.set_exception(exc)
+            self.queue.cancel(entry)
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
             return
         if isinstance(decision, Ticket):
-            self.queue.pop()
+            self.queue.cancel(entry)
             self.queue.served(entry)
             owner.hand_over(waiter, decision)
             return
         self.hint_ms = decision.retry_after_ms or owner.recheck_ms
         waiter.denied = self.last_denied = decision
         if owner.is_tenant_limit(decision.bucket):
-            self.queue.pop()
-            self.parked.append((owner.clock() + self.hint_ms / 1000, entry))
+            if entry.queued:
+                self.queue.cancel(entry)
+                self.parked.append((owner.clock() + self.hint_ms / 1000, entry))
             return
-        self.wake.clear()
         await _sleep_unless_woken(self.wake, min(self.hint_ms, owner.recheck_ms) / 1000)
 
 
