@@ -91,7 +91,7 @@ def scope_of(upstream_id: str) -> Scope:
     return "on-demand"
 
 
-def _route(model: ModelConfig, config: RouteConfig) -> Route:
+def route_of(model: ModelConfig, config: RouteConfig) -> Route:
     upstream_id = config.profile or model.model_id
     return Route(
         account=config.account,
@@ -119,7 +119,7 @@ class Catalog:
                 tuple(config.fallback),
             )  # fmt: skip
             self.models[name] = spec
-            routes = tuple(_route(config, r) for r in config.routes)
+            routes = tuple(route_of(config, r) for r in config.routes)
             self._by_id[name] = Target(spec, routes)
             self._by_id.setdefault(config.model_id, Target(spec, routes))
             self._index_routes(spec, routes)

@@ -127,7 +127,7 @@ def route(upstream_id: str = S45_ID, scope: Any = "on-demand", **kw: Any) -> Syn
     fields: dict[str, Any] = {
         "model": "sonnet", "index": 0, "account": "a", "region": "us-east-1",
         "upstream_id": upstream_id, "scope": scope, "base_model": S45_ID,
-        "tpm": None, "rpm": None, "tokens_per_day": None,
+        "tpm": None, "rpm": None, "tokens_per_day": None, "max_concurrency": None,
     }  # fmt: skip
     return SyncRoute(**(fields | kw))
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
-from gateway.catalog import Scope, scope_of
+from gateway.catalog import Route, route_of
 from gateway.config import GatewayConfig
 from gateway.quotas.names import Kind, ParsedQuota, display_key, model_key, parse_quota_name
 from gateway.quotas.yamledit import FieldEdit, set_route_fields
@@ -40,23 +40,11 @@ class QuotaRow:
 
 
 @dataclass(frozen=True, slots=True)
-class SyncRoute:
-    """A configured route: where it sits in the file and what it says now."""
+class SyncRoute(Route):
+    """A configured route as the catalog reads it, and where it sits in the file."""
 
-    model: str
-    index: int
-    account: str
-    region: str
-    upstream_id: str
-    scope: Scope
-    base_model: str
-    tpm: int | None
-    rpm: int | None
-    tokens_per_day: int | None
-
-    @property
-    def label(self) -> str:
-        return f"{self.account}/{self.region}/{self.upstream_id}"
+    model: str = ""
+    index: int = 0
 
     def configured(self, field: Field) -> int | None:
         value: int | None = getattr(self, field)
@@ -103,12 +91,10 @@ def routes_of(config: GatewayConfig) -> list[SyncRoute]:
     """Every route of every model, in file order, with its scope as the catalog reads it."""
     routes: list[SyncRoute] = []
     for name, model in config.models.items():
-        for index, route in enumerate(model.routes):
-            upstream_id = route.profile or model.model_id
-            routes.append(SyncRoute(
-                name, index, route.account, route.region, upstream_id, scope_of(upstream_id),
-                model.model_id, route.tpm, route.rpm, route.tokens_per_day,
-            ))  # fmt: skip
+        for index, settings in enumerate(model.routes):
+            route = route_of(model, settings)
+            values = {f.name: getattr(route, f.name) for f in fields(Route)}
+            routes.append(SyncRoute(**values, model=name, index=index))
     return routes
 
 
