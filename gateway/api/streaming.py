@@ -9,12 +9,11 @@ failure can only be told in-stream, as an exception frame.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from dataclasses import dataclass
 
-from gateway.api.asgi import Headers, Receive, Send
+from gateway.api.asgi import Headers, Receive, Send, until_disconnect
 from gateway.cost import Estimate
 from gateway.errors import GatewayError, InternalError, ServiceUnavailable
 from gateway.limiter.service import Limiter, Ticket
@@ -158,15 +157,7 @@ async def relay(
     Raises a ``GatewayError`` only when it happened before the response started. The caller
     closes ``upstream`` (which aborts the connection if it was not read to the end)."""
     pump = _Pump(upstream, tap, send, headers, operation)
-    pumping = asyncio.ensure_future(pump.run())
-    watching = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        pumping.cancel()
-        watching.cancel()
-        # The children's errors come back as values; only our own cancellation propagates.
-        await asyncio.gather(pumping, watching, return_exceptions=True)
+    pumping = await until_disconnect(receive, pump.run())
     if pumping.cancelled():
         return Ending.DISCONNECTED
     error = pumping.exception()
@@ -175,10 +166,3 @@ async def relay(
     if error is not None:
         raise error
     return pumping.result()
-
-
-async def _disconnected(receive: Receive) -> None:
-    # The request body has been read; what is left is the end-of-body (some servers send an
-    # empty one) and, when the client goes away, http.disconnect.
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
+from gateway.api.asgi import until_disconnect
 from gateway.errors import Headers
 from gateway.simulator.admission import Admitted, Sim, admit
 from gateway.simulator.asgi import Receive, Scope, Send
@@ -49,7 +49,9 @@ async def stream_operation(
     try:
         steps = _steps(sim, admitted, op)
         frames = _produce(send, _headers(op, request_id), steps, progress, settle)
-        await _until_disconnect(receive, frames)
+        worker = await until_disconnect(receive, frames)
+        if not worker.cancelled() and worker.exception() is not None:
+            _log.error("simulator stream failed", exc_info=worker.exception())
     finally:
         settle()
 
@@ -106,23 +108,3 @@ async def _produce(
     # Settled before the stream ends, so a client that has seen the end sees settled stats.
     settle()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _until_disconnect(receive: Receive, work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work``, cancelling it if the client disconnects first."""
-    worker = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait((worker, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        worker.cancel()
-        # Children's errors come back as values; only our own cancellation propagates.
-        await asyncio.gather(worker, watcher, return_exceptions=True)
-    if not worker.cancelled() and worker.exception() is not None:
-        _log.error("simulator stream failed", exc_info=worker.exception())
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import boto3
+import botocore.config
 import httpx
 import orjson
 import pytest
 
 from gateway.simulator import SimulatorApp, SimulatorConfig, create_simulator_app
+from tests.servers import ServerThread
 
 
 class ManualClock:
@@ -64,3 +67,25 @@ async def make_sim() -> AsyncIterator[SimFactory]:
     yield make
     for client in clients:
         await client.aclose()
+
+
+@pytest.fixture
+def sim(server: ServerThread) -> Iterator[httpx.Client]:
+    """A control client on a freshly reset simulator (``server`` comes from the test module)."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        assert client.post("/_simulator/reset", params={"config": "1"}).status_code == 200
+        yield client
+
+
+@pytest.fixture
+def bedrock(server: ServerThread) -> Any:
+    """A boto3 client on the module's simulator that never retries."""
+    # total_max_attempts, not max_attempts: in botocore's legacy mode the latter counts retries.
+    return boto3.client(
+        "bedrock-runtime",
+        region_name="us-east-1",
+        endpoint_url=server.url,
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+        config=botocore.config.Config(retries={"total_max_attempts": 1}, max_pool_connections=16),
+    )

@@ -9,8 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anthropic
-import boto3
-import botocore.config
 import httpx
 import pytest
 
@@ -35,27 +33,6 @@ def server() -> Iterator[ServerThread]:
     for key, value in saved.items():
         if value is not None:
             os.environ[key] = value
-
-
-@pytest.fixture
-def sim(server: ServerThread) -> Iterator[httpx.Client]:
-    """A control client on a freshly reset simulator."""
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        assert client.post("/_simulator/reset", params={"config": "1"}).status_code == 200
-        yield client
-
-
-@pytest.fixture
-def bedrock(server: ServerThread) -> Any:
-    # total_max_attempts, not max_attempts: in botocore's legacy mode the latter counts retries.
-    return boto3.client(
-        "bedrock-runtime",
-        region_name="us-east-1",
-        endpoint_url=server.url,
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        config=botocore.config.Config(retries={"total_max_attempts": 1}, max_pool_connections=16),
-    )
 
 
 def set_pools(sim: httpx.Client, *pools: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import botocore.config
 import botocore.eventstream
 import botocore.exceptions
@@ -29,25 +28,6 @@ def server() -> Iterator[ServerThread]:
     config = SimulatorConfig.model_validate({"latency": {"ttft_ms": 0}})
     with ServerThread(create_simulator_app(config)) as running:
         yield running
-
-
-@pytest.fixture
-def sim(server: ServerThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        client.post("/_simulator/reset", params={"config": "1"})
-        yield client
-
-
-@pytest.fixture
-def bedrock(server: ServerThread) -> Any:
-    return boto3.client(
-        "bedrock-runtime",
-        region_name="us-east-1",
-        endpoint_url=server.url,
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        config=botocore.config.Config(retries={"total_max_attempts": 1}),
-    )
 
 
 def claude_body(text: str, max_tokens: int = 200) -> str:
