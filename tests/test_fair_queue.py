@@ -8,14 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.queueing.fair import BATCH, INTERACTIVE, FairQueue
+from gateway.queueing.fair import BATCH, INTERACTIVE, Entry, FairQueue
 
 
 def serve_all(queue: FairQueue[str], n: int) -> list[str]:
     served = []
     for _ in range(n):
-        entry = queue.pop()
-        queue.served(entry)
+        entry = queue.head()
+        assert entry is not None
+        queue.serve(entry)
         served.append(entry.item)
     return served
 
@@ -62,19 +63,62 @@ def test_batch_waits_for_every_interactive_entry() -> None:
     assert serve_all(queue, 3) == ["inter-b", "inter-a", "batch-a"]
 
 
-def test_cancelled_entries_are_skipped_and_parked_ones_keep_their_place() -> None:
+def test_cancelled_entries_are_skipped_and_a_parked_flow_keeps_its_order() -> None:
     queue: FairQueue[str] = FairQueue()
     first = queue.push("1", tenant="a", weight=1, klass=INTERACTIVE, cost=1)
     second = queue.push("2", tenant="a", weight=1, klass=INTERACTIVE, cost=1)
     queue.push("3", tenant="a", weight=1, klass=INTERACTIVE, cost=1)
+    queue.push("b", tenant="b", weight=1, klass=INTERACTIVE, cost=1)
     queue.cancel(second)
+    assert len(queue) == 3
+    assert queue.head() is first
+    queue.park(first)  # tenant a's budget is spent: b goes on, a's entries keep their place
+    assert serve_all(queue, 1) == ["b"]
+    assert queue.head() is None
     assert len(queue) == 2
-    parked = queue.pop()
-    assert parked is first
-    queue.requeue(parked)
+    queue.unpark(first)
     assert serve_all(queue, 2) == ["1", "3"]
     assert len(queue) == 0
     assert queue.head() is None
+    assert queue.entries() == []
+
+
+def test_entries_that_leave_unserved_do_not_charge_their_tenant() -> None:
+    """Sustained overload: most waiters reach their deadline. Tenant b (weight 1) offers three
+    times what a (weight 3) offers and loses most of it to timeouts; the service still follows
+    the weights, 3:1, counted only on what each was served."""
+    queue: FairQueue[str] = FairQueue()
+    waiting: dict[str, list[Entry[str]]] = {"a": [], "b": []}
+    served: Counter[str] = Counter()
+    for step in range(2000):
+        waiting["a"].append(queue.push(f"a{step}", tenant="a", weight=3, klass=INTERACTIVE,
+                                       cost=100))  # fmt: skip
+        for n in range(3):
+            waiting["b"].append(queue.push(f"b{step}.{n}", tenant="b", weight=1,
+                                           klass=INTERACTIVE, cost=100))  # fmt: skip
+        if step % 2:  # capacity for one entry every other step: the rest time out
+            entry = queue.head()
+            assert entry is not None
+            queue.serve(entry)
+            served[entry.tenant] += 1
+        for entries in waiting.values():  # the oldest waiters reach their deadline
+            while len(entries) > 8:
+                queue.cancel(entries.pop(0))
+    assert served["a"] / (served["a"] + served["b"]) == pytest.approx(0.75, abs=0.02)
+
+
+def test_a_flow_returning_from_a_park_gets_no_credit_for_the_time_out() -> None:
+    queue: FairQueue[str] = FairQueue()
+    parked = queue.push("a0", tenant="a", weight=1, klass=INTERACTIVE, cost=100)
+    for i in range(1, 20):
+        queue.push(f"a{i}", tenant="a", weight=1, klass=INTERACTIVE, cost=100)
+    queue.park(parked)
+    for i in range(50):
+        queue.push(f"b{i}", tenant="b", weight=1, klass=INTERACTIVE, cost=100)
+    serve_all(queue, 30)  # only b is served while a is parked
+    queue.unpark(parked)
+    after = serve_all(queue, 20)
+    assert sum(1 for s in after if s.startswith("a")) == pytest.approx(10, abs=1)
 
 
 @given(
@@ -92,10 +136,10 @@ def test_fifo_within_tenant_and_class(pushes: list[tuple[str, int, int, int]]) -
             (tenant, klass, n), tenant=tenant, weight=weights[tenant], klass=klass, cost=cost
         )
     order = []
-    while len(queue):
-        entry = queue.pop()
-        queue.served(entry)
+    while (entry := queue.head()) is not None:
+        queue.serve(entry)
         order.append(entry.item)
+    assert len(queue) == 0
     for tenant in "abc":
         for klass in (INTERACTIVE, BATCH):
             seqs = [n for t, k, n in order if t == tenant and k == klass]

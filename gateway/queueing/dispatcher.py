@@ -9,8 +9,9 @@ sees at most one attempt per hint per model per replica, however many requests w
 thundering herd. Replicas compete for capacity on equal terms, each with its own fair head; a
 new arrival never jumps its own replica's queue.
 
-A head denied by its tenant's budget (not the pool's) is parked until its hint and put back
-with its original tag, so one tenant's exhausted budget does not block the others. Every waiter
+A head denied by its tenant's budget (not the pool's) parks its tenant's flow until its hint,
+so one tenant's exhausted budget does not block the others; the flow keeps its order and
+competes again, tagged afresh, when the hint comes due. Every waiter
 is answered by its deadline: admitted, or a ThrottlingException with a retry hint. Closing
 answers every waiter at once.
 """
@@ -65,12 +66,11 @@ class _Group:
         self.wake.set()
 
     def _unpark(self, now: float) -> float | None:
-        """Put back the parked heads whose time has come; when the next one is due."""
+        """Let the parked flows whose time has come compete again; when the next one is due."""
         due = [p for p in self.parked if p[0] <= now]
         for item in due:
             self.parked.remove(item)
-            if not item[1].item.future.done():
-                self.queue.requeue(item[1])
+            self.queue.unpark(item[1])
         return min((p[0] for p in self.parked), default=None)
 
     async def _run(self) -> None:
@@ -89,7 +89,7 @@ class _Group:
                 continue
             waiter = entry.item
             if waiter.future.done():
-                self.queue.pop()
+                self.queue.cancel(entry)
                 continue
             await self._attempt(entry, waiter)
 
@@ -109,15 +109,14 @@ class _Group:
                 waiter.future.set_exception(exc)
             return
         if isinstance(decision, Ticket):
-            self.queue.cancel(entry)
-            self.queue.served(entry)
+            self.queue.serve(entry)  # a no-op if its waiter left during the call
             owner.hand_over(waiter, decision)
             return
         self.hint_ms = decision.retry_after_ms or owner.recheck_ms
         waiter.denied = self.last_denied = decision
         if owner.is_tenant_limit(decision.bucket):
             if entry.queued:
-                self.queue.cancel(entry)
+                self.queue.park(entry)
                 self.parked.append((owner.clock() + self.hint_ms / 1000, entry))
             return
         await _sleep_unless_woken(self.wake, min(self.hint_ms, owner.recheck_ms) / 1000)
@@ -147,7 +146,7 @@ class Queues:
 
     def depth(self, group: str) -> int:
         state = self._groups.get(group)
-        return 0 if state is None else len(state.queue) + len(state.parked)
+        return 0 if state is None else len(state.queue)
 
     async def admit(
         self, member: str, tenant: str, group: str, routes: tuple[Route, ...], reserved: int,
@@ -156,7 +155,7 @@ class Queues:
         """A ticket, and the seconds spent queued; raises Throttled past the deadline."""
         started = self.clock()
         state = self._groups.get(group)
-        if state is None or not (len(state.queue) or state.parked):
+        if state is None or not len(state.queue):
             decision = await self.limiter.admit(member, tenant, routes, reserved)
             if isinstance(decision, Ticket):
                 return decision, 0.0
@@ -168,7 +167,7 @@ class Queues:
         else:
             self.limiter.plan(member, tenant, routes, reserved)  # a hopeless request fails now
             denied = state.last_denied
-        if self.closing or len(state.queue) + len(state.parked) >= self.max_depth:
+        if self.closing or len(state.queue) >= self.max_depth:
             raise Throttled(
                 f"Too many requests are waiting for {group}, please wait before trying again. "
                 f"(bedrock-gateway: queue full)", state.hint_ms,
@@ -228,10 +227,8 @@ class Queues:
         """Answer every waiter now (a ThrottlingException: retry elsewhere) and stop."""
         self.closing = True
         for state in self._groups.values():
-            while (entry := state.queue.head()) is not None:
-                state.queue.pop()
-                self._refuse(entry.item, state.hint_ms)
-            for _, entry in state.parked:
+            for entry in state.queue.entries():
+                state.queue.cancel(entry)
                 self._refuse(entry.item, state.hint_ms)
             state.parked.clear()
             if state.task is not None:

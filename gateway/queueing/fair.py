@@ -1,21 +1,30 @@
 """The order in which queued requests get their turn: weighted fair shares among tenants.
 
-Self-clocked fair queuing (Golestani, 1994). Each entry gets a finish tag
+Self-clocked fair queuing (Golestani, 1994) over flows. A flow is one tenant's waiting entries
+of one class, first in first out; only its first entry competes, tagged
 
-    start  = max(V, last finish tag of its tenant in its class)
     finish = start + cost / weight
 
-and the queue serves the smallest ``(class, finish, arrival)``; V is the finish tag of the entry
-served last. Under contention each tenant is served in proportion to its weight, counted in the
-entry cost (reserved quota tokens), however many requests it sends; a tenant's entries keep
-their arrival order within a class (their tags only grow); every interactive entry goes before
-any batch entry. Pure: no I/O, no clock.
+where ``start`` is the finish tag of the flow's last *served* entry, or V (the finish tag of the
+entry served last, in any flow) if that is later when the flow starts waiting. The queue serves
+the competing entry with the smallest ``(class, finish, arrival)``. Under contention each
+tenant is served in proportion to its weight, counted in the entry cost (reserved quota tokens),
+however many requests it sends; every interactive entry goes before any batch entry.
+
+A tenant is charged only for what it is served: an entry that leaves unserved (its deadline
+passed, its client went away) hands its start on to the next entry of its flow. (Tagging every
+entry on arrival, or its successor from V, would charge a tenant for what it offers: under
+sustained overload, where most waiters reach their deadline, the tenant that loses more of
+them, and so the one with the smaller weight, would run ahead in virtual time and be starved.)
+A parked flow (its tenant's own budget is spent) stops competing and starts again from V at
+the earliest: no credit for the time it sat out. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -23,66 +32,119 @@ T = TypeVar("T")
 
 INTERACTIVE, BATCH = 0, 1
 
+FlowKey = tuple[str, int]
+
 
 @dataclass(eq=False)
 class Entry(Generic[T]):
     item: T
     tenant: str
     klass: int
-    finish: float
+    cost: int
     seq: int
-    queued: bool = False
-    """In the queue: neither served, nor set aside, nor cancelled."""
+    finish: float = 0.0
+    """Its tag, once it is the first of its flow."""
+    queued: bool = True
+    """In the queue: neither served nor cancelled."""
 
     def key(self) -> tuple[int, float, int]:
         return (self.klass, self.finish, self.seq)
 
 
+@dataclass(eq=False)
+class _Flow(Generic[T]):
+    weight: float
+    start: float
+    """The start tag of its first entry."""
+    entries: deque[Entry[T]] = field(default_factory=deque)
+    parked: bool = False
+
+
 @dataclass
 class FairQueue(Generic[T]):
+    _flows: dict[FlowKey, _Flow[T]] = field(default_factory=dict)
     _heap: list[tuple[tuple[int, float, int], Entry[T]]] = field(default_factory=list)
-    _last_finish: dict[tuple[str, int], float] = field(default_factory=dict)
+    """The flows' first entries; an item is stale once its entry is no longer a competing
+    first with that key (removed lazily)."""
+    _last_finish: dict[FlowKey, float] = field(default_factory=dict)
     _virtual: float = 0.0
     _live: int = 0
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     def __len__(self) -> int:
+        """Entries waiting, parked flows' included."""
         return self._live
 
     def push(self, item: T, *, tenant: str, weight: float, klass: int, cost: int) -> Entry[T]:
-        start = max(self._virtual, self._last_finish.get((tenant, klass), 0.0))
-        finish = start + max(cost, 1) / weight
-        self._last_finish[(tenant, klass)] = finish
-        entry = Entry(item, tenant, klass, finish, next(self._seq))
-        self.requeue(entry)
-        return entry
-
-    def requeue(self, entry: Entry[T]) -> None:
-        """Put back an entry taken out earlier (a parked head), with its original tag."""
-        entry.queued = True
-        heapq.heappush(self._heap, (entry.key(), entry))
+        entry = Entry(item, tenant, klass, max(cost, 1), next(self._seq))
+        flow = self._flows.get((tenant, klass))
+        if flow is None:
+            start = max(self._virtual, self._last_finish.get((tenant, klass), 0.0))
+            flow = self._flows[(tenant, klass)] = _Flow(weight, start)
+        flow.weight = weight
+        flow.entries.append(entry)
         self._live += 1
+        if len(flow.entries) == 1:
+            self._compete(flow)
+        return entry
 
     def head(self) -> Entry[T] | None:
-        while self._heap and not self._heap[0][1].queued:
-            heapq.heappop(self._heap)
-        return self._heap[0][1] if self._heap else None
+        """The entry to serve next, left in the queue."""
+        heap = self._heap
+        while heap:
+            key, entry = heap[0]
+            if entry.queued and entry.key() == key and self._competing(entry):
+                return entry
+            heapq.heappop(heap)
+        return None
 
-    def pop(self) -> Entry[T]:
-        """Take the head out: it was served (advance V) or set aside."""
-        entry = self.head()
-        if entry is None:
-            raise IndexError("pop from an empty queue")
-        heapq.heappop(self._heap)
-        entry.queued = False
-        self._live -= 1
-        return entry
-
-    def served(self, entry: Entry[T]) -> None:
+    def serve(self, entry: Entry[T]) -> None:
+        """``entry`` was admitted: its tenant's tag and the virtual time advance past it."""
+        if not entry.queued:
+            return
+        key = (entry.tenant, entry.klass)
+        self._last_finish[key] = self._flows[key].start = entry.finish
         self._virtual = max(self._virtual, entry.finish)
+        self.cancel(entry)
 
     def cancel(self, entry: Entry[T]) -> None:
-        """Remove an entry wherever it is (its waiter gave up); O(1), removed lazily."""
-        if entry.queued:
-            entry.queued = False
-            self._live -= 1
+        """Take ``entry`` out unserved, wherever it is (its waiter gave up)."""
+        if not entry.queued:
+            return
+        entry.queued = False
+        self._live -= 1
+        flow = self._flows[(entry.tenant, entry.klass)]
+        if flow.entries[0] is not entry:
+            return  # dropped when it reaches the front
+        while flow.entries and not flow.entries[0].queued:
+            flow.entries.popleft()
+        if not flow.entries:
+            del self._flows[(entry.tenant, entry.klass)]
+        elif not flow.parked:
+            self._compete(flow)
+
+    def park(self, entry: Entry[T]) -> None:
+        """Stop ``entry``'s flow competing (its first entry keeps its place in the flow)."""
+        flow = self._flows.get((entry.tenant, entry.klass))
+        if flow is not None:
+            flow.parked = True
+
+    def unpark(self, entry: Entry[T]) -> None:
+        flow = self._flows.get((entry.tenant, entry.klass))
+        if flow is not None and flow.parked:
+            flow.parked = False
+            flow.start = max(flow.start, self._virtual)
+            self._compete(flow)
+
+    def entries(self) -> list[Entry[T]]:
+        """Every waiting entry, parked flows' included (for answering them all at shutdown)."""
+        return [e for flow in self._flows.values() for e in flow.entries if e.queued]
+
+    def _compete(self, flow: _Flow[T]) -> None:
+        first = flow.entries[0]
+        first.finish = flow.start + first.cost / flow.weight
+        heapq.heappush(self._heap, (first.key(), first))
+
+    def _competing(self, entry: Entry[T]) -> bool:
+        flow = self._flows.get((entry.tenant, entry.klass))
+        return flow is not None and not flow.parked and flow.entries[0] is entry

@@ -17,9 +17,7 @@ to BLOCKED_END_S: nothing but refunds admits anything) and while capacity return
 
 Both tenants of a pair send the same bodies in the same order at the same rate (the same
 offered tokens); the second starts half a per-replica period after the first, so that on
-every replica their requests alternate evenly. (In lock step, the first tenant's request is
-always just ahead of the other's at the queue's head, which the deadline keeps at the oldest
-waiters: 55:45 at weights 1:1.)
+every replica their requests alternate evenly.
 """
 
 from __future__ import annotations

@@ -84,27 +84,11 @@ def _check(run: Contended, pair: tuple[str, str]) -> None:
         assert abs(share / expected - 1) <= TOLERANCE, (tenant, share, expected)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="gateway/queueing/fair.py: a request that times out still advances its tenant's "
-    "finish tag (push advances it, cancel never gives it back), so under sustained overload "
-    "tenants are charged for what they offer, not what they are served; 1:1 holds only when the "
-    "tenants' arrivals interleave evenly (54.7-55.2 : 44.8-45.3 measured otherwise).",
-)
 def test_equal_weights_get_equal_shares(run: Contended) -> None:
     _report(run, "1:1", PAIRS[MODEL])
     _check(run, PAIRS[MODEL])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Gateway bug (gateway/queueing/fair.py, push/cancel): a waiter that leaves at its "
-    "deadline keeps the virtual time it was tagged with (its tenant's finish tag advanced by "
-    "cost / weight), so under sustained overload every tenant is charged for what it offers, "
-    "not for what it is served: the weight-1 tenant's tags run ahead of the weight-3 tenant's "
-    "and it is served only when the other has nothing waiting. Measured 92-96 % : 4-8 % "
-    "instead of 75 : 25.",
-)
 def test_weights_three_to_one_get_three_to_one_shares(run: Contended) -> None:
     _report(run, "3:1", PAIRS[OTHER_MODEL])
     _check(run, PAIRS[OTHER_MODEL])
