@@ -94,13 +94,20 @@ class LimiterConfig(_Frozen):
     """Extra window length covering clock and latency differences between us and Bedrock."""
     lease_ttl_s: Annotated[float, Field(gt=0)] = 900.0
     """A concurrency lease lapses this long after admission if never released (a dead replica)."""
+    learn_target: Annotated[float, Field(gt=0, le=1)] = 0.95
+    """On a 429 from Bedrock, the pool's per-minute quota becomes this × what the pool admitted
+    in the last minute (what Bedrock really carried), shared by every replica, at most once per
+    ``learn_cooldown_s``."""
     learn_decrease: Annotated[float, Field(gt=0, lt=1)] = 0.7
-    """On a 429 from Bedrock, the pool's per-minute quota is multiplied by this (shared by every
-    replica, at most once per ``learn_cooldown_s``)."""
+    """...but one 429 never cuts the quota below this × its current value."""
+    learn_hold_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    """After a decrease the quota holds this long (one window: until the window holds only
+    admissions made under the new quota)..."""
     learn_recovery_per_s: Annotated[float, Field(ge=0, le=1)] = 0.002
-    """Then it climbs back by this fraction of the configured quota per second (0.002: from
-    0.7 to 1.0 in 150 s) while no 429 comes."""
+    """...then climbs back by this fraction of the configured quota per second (0.002: 0.3 of
+    it in 150 s) while no 429 comes."""
     learn_floor: Annotated[float, Field(gt=0, le=1)] = 0.05
+    """The quota never falls below this fraction of the configured one."""
     learn_cooldown_s: Annotated[float, Field(ge=0, le=60)] = 2.0
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import httpx
 import pytest
@@ -12,7 +12,9 @@ import pytest
 from gateway.auth import hash_key
 from gateway.config import parse_config
 from gateway.limiter.adaptive import Aimd
+from gateway.limiter.core import Charge, Plan, window_bucket
 from gateway.limiter.learning import LearnedQuotas
+from gateway.limiter.memory import MemoryStore
 from gateway.limiter.redis_store import RedisStore
 from tests.conftest import (
     BEARER,
@@ -22,6 +24,7 @@ from tests.conftest import (
     messages_body,
     start_gateway,
 )
+from tests.limiter.conftest import fresh_store
 from tests.servers import RedisServer, ServerThread
 
 ADMIN_KEY = "gw-admin-key-for-tests"
@@ -29,7 +32,8 @@ ADMIN_KEY = "gw-admin-key-for-tests"
 
 def test_a_local_throttle_lowers_the_factor_and_it_recovers() -> None:
     now = [1000.0]
-    learned = LearnedQuotas(Aimd(0.7, 0.01, 0.1, 2), None, "k", wall=lambda: now[0])
+    aimd = Aimd(0.7, 0.01, 0.1, 2, hold_s=0)
+    learned = LearnedQuotas(aimd, None, "k", wall=lambda: now[0])
 
     async def run() -> None:
         learned.throttled("pool")
@@ -57,6 +61,41 @@ def test_replicas_share_what_one_learned(redis_server: RedisServer) -> None:
         assert fresh.factor("pool-x") == pytest.approx(0.7, abs=0.01)
         for store in stores:
             await store.close()
+
+    asyncio.run(run())
+
+
+WINDOW = window_bucket("{t}:pool:x:tpm", 1000, window_ms=60_000, slot_ms=250, margin_ms=500,
+                       label="tokens per minute of pool x")  # fmt: skip
+
+
+def _fill(store: MemoryStore | RedisStore, tokens: int) -> Awaitable[object]:
+    return store.admit(Plan("m", (Charge(WINDOW, tokens, settles=True),)))
+
+
+def test_a_local_throttle_measures_what_the_pool_carried() -> None:
+    store = MemoryStore()
+    learned = LearnedQuotas(Aimd(), None, "k", local_use=store.used)
+
+    async def run() -> None:
+        await _fill(store, 900)
+        learned.throttled("pool-x", WINDOW)
+        assert learned.factor("pool-x") == pytest.approx(0.855)  # 0.95 x 900 / 1000
+        learned.throttled("pool-y")  # no window to measure: the bounded step
+        assert learned.factor("pool-y") == pytest.approx(0.7)
+
+    asyncio.run(run())
+
+
+def test_a_shared_throttle_measures_the_pool_in_redis(redis_server: RedisServer) -> None:
+    async def run() -> None:
+        store = await fresh_store(redis_server.url)
+        learned = LearnedQuotas(Aimd(), store, "{t}:adapt")
+        await _fill(store, 800)  # admitted by any replica: the window is shared
+        learned.throttled("pool-x", WINDOW)
+        await learned.close()
+        assert learned.factor("pool-x") == pytest.approx(0.76, abs=1e-4)
+        await store.close()
 
     asyncio.run(run())
 

@@ -208,7 +208,7 @@ def create_app(
 
     def upstream_throttled(route: Route) -> None:
         metrics.upstream_throttled(route)
-        learned.throttled(limiter.pool_of(route))
+        learned.throttled(limiter.pool_of(route), limiter.tpm_window(route))
 
     upstream_config = config.upstream
     attempts = Attempts(
@@ -243,13 +243,15 @@ def _learned_quotas(
     primary = store.primary if isinstance(store, FailoverStore) else store
     shared = primary if isinstance(primary, RedisStore) else None
     aimd = Aimd(config.learn_decrease, config.learn_recovery_per_s, config.learn_floor,
-                config.learn_cooldown_s)  # fmt: skip
+                config.learn_cooldown_s, config.learn_target, config.learn_hold_s)  # fmt: skip
+    local_use = primary.used if isinstance(primary, MemoryStore) else None
     learned: LearnedQuotas
 
     def changed(pool: str, factor: float) -> None:
         metrics.watch_quota(pool, lambda: learned.factor(pool))
 
-    learned = LearnedQuotas(aimd, shared, f"{{{config.key_prefix}}}:adapt", on_change=changed)
+    learned = LearnedQuotas(aimd, shared, f"{{{config.key_prefix}}}:adapt", local_use=local_use,
+                            on_change=changed)  # fmt: skip
     return learned
 
 

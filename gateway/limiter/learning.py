@@ -1,11 +1,13 @@
 """Learned quotas: each pool's factor from upstream 429s, shared by every replica.
 
 A 429 from Bedrock on a route means its pool's real quota is below the configured one. The
-replica that saw it lowers the factor in its own cache at once and records the throttle in the
-shared store (``adapt.lua``: atomic, on Redis time, one decrease per cooldown however many
-replicas report the same burst). Every replica reads all factors back once per ``refresh_s``:
-one round trip a second, whatever the traffic. Recovery needs no writes: ``Aimd`` computes the
-factor from (factor, since) and the time, so it climbs back on its own while no 429 comes.
+replica that saw it records the throttle in the shared store (``adapt.lua``: atomic, on Redis
+time, measuring the pool's window there, one decrease per cooldown however many replicas
+report the same burst) and takes the result at once; every replica reads all factors back once
+per ``refresh_s``: one round trip a second, whatever the traffic. Without Redis (or while it is
+away) the same arithmetic runs here, on this process's own window. Recovery needs no writes:
+``Aimd`` computes the factor from (factor, since) and the time, so it climbs back on its own
+while no 429 comes.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.limiter.adaptive import Aimd
+from gateway.limiter.adaptive import Aimd, State
+from gateway.limiter.core import Bucket
 from gateway.limiter.redis_store import RedisStore, StoreUnavailable
 
 log = logging.getLogger("gateway.limiter")
-
-State = tuple[float, float]
 
 
 class LearnedQuotas:
@@ -31,6 +32,7 @@ class LearnedQuotas:
         shared: RedisStore | None,
         key: str,
         *,
+        local_use: Callable[[Bucket], int] | None = None,
         refresh_s: float = 1.0,
         wall: Callable[[], float] = time.time,
         on_change: Callable[[str, float], None] | None = None,
@@ -38,6 +40,8 @@ class LearnedQuotas:
         self.aimd = aimd
         self._shared = shared
         self._key = key
+        self._local_use = local_use
+        """What a window holds in this process's own store (the in-memory backend)."""
         self._refresh_s = refresh_s
         self._wall = wall
         self._on_change = on_change
@@ -52,24 +56,33 @@ class LearnedQuotas:
     def states(self) -> dict[str, State]:
         return dict(self._states)
 
-    def throttled(self, pool: str) -> None:
-        """Bedrock throttled a call on ``pool``: lower its factor here now, then everywhere."""
-        before = self._states.get(pool)
-        self._states[pool] = state = self.aimd.on_throttle(before, self._wall())
-        if state != before:
-            log.warning("upstream throttled pool %s: its quota factor is now %.2f", pool, state[0])
-            self._changed(pool)
+    def throttled(self, pool: str, window: Bucket | None = None) -> None:
+        """Bedrock throttled a call on ``pool``, whose per-minute token window is ``window``:
+        lower its factor, everywhere when the store is shared."""
         if self._shared is not None:
-            task = asyncio.get_running_loop().create_task(self._record(pool))
+            task = asyncio.get_running_loop().create_task(self._record(pool, window))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            return
+        used = None
+        if window is not None and self._local_use is not None:
+            used = self._local_use(window) / window.limit
+        self._learn(pool, self.aimd.on_throttle(self._states.get(pool), self._wall(), used))
 
-    async def _record(self, pool: str) -> None:
+    async def _record(self, pool: str, window: Bucket | None) -> None:
         assert self._shared is not None
-        aimd = self.aimd
-        with contextlib.suppress(StoreUnavailable):
-            await self._shared.adapt(self._key, pool, aimd.decrease, aimd.recovery_per_s,
-                                     aimd.floor, aimd.cooldown_s)  # fmt: skip
+        try:
+            state = await self._shared.adapt(self._key, pool, self.aimd, window)
+        except StoreUnavailable:  # learn here alone, on the configured step, until it is back
+            state = self.aimd.on_throttle(self._states.get(pool), self._wall())
+        self._learn(pool, state)
+
+    def _learn(self, pool: str, state: State) -> None:
+        if self._states.get(pool) != state:
+            self._states[pool] = state
+            log.warning("upstream throttled pool %s: its quota factor is now %.3f", pool,
+                        state[0])  # fmt: skip
+            self._changed(pool)
 
     async def refresh(self) -> None:
         """Read every pool's shared factor (one round trip)."""

@@ -59,6 +59,10 @@ class MemoryStore:
     async def ping(self) -> bool:
         return True
 
+    def used(self, bucket: Bucket, now_ms: int | None = None) -> int:
+        """What a window or period bucket counts now (the learned quotas' measurement)."""
+        return self._state(bucket, self._clock() if now_ms is None else now_ms).total
+
     async def close(self) -> None:
         return None
 

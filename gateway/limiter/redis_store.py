@@ -13,7 +13,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from gateway.limiter.core import Admitted, Charge, Decision, Denied, Plan
+from gateway.limiter.adaptive import Aimd, State
+from gateway.limiter.core import Admitted, Bucket, Charge, Decision, Denied, Plan
 from gateway.limiter.resp import Address, ConnectionLost, Pipe, RespError
 
 
@@ -54,6 +55,11 @@ def encode_settle(
     return keys, args
 
 
+def _state(value: bytes) -> State:
+    factor, since = value.decode().split(",")
+    return float(factor), float(since)
+
+
 class _Script:
     def __init__(self, name: str, prelude: str | None = None) -> None:
         self.text = _script(name, prelude)
@@ -83,7 +89,7 @@ class RedisStore:
         self._pipe = pipe
         self._admit = _Script("admit.lua", "common.lua")
         self._settle = _Script("settle.lua", "common.lua")
-        self._adapt = _Script("adapt.lua")
+        self._adapt = _Script("adapt.lua", "common.lua")
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> RedisStore:
@@ -107,24 +113,27 @@ class RedisStore:
         await self._call(self._settle, keys, args)
 
     async def adapt(
-        self, key: str, pool: str, decrease: float, recovery_per_s: float, floor: float,
-        cooldown_s: float,
-    ) -> None:  # fmt: skip
-        """Record an upstream throttle on ``pool`` (see learning.py)."""
-        await self._call(self._adapt, [key], [pool, decrease, recovery_per_s, floor, cooldown_s])
+        self, key: str, pool: str, aimd: Aimd, window: Bucket | None, now_ms: int | None = None
+    ) -> State:
+        """Record an upstream throttle on ``pool`` whose per-minute window is ``window``
+        (see adaptive.py); the pool's shared (factor, since) after it."""
+        keys = [key] if window is None else [key, window.key]
+        args: list[Any] = ["" if now_ms is None else now_ms, pool, aimd.decrease,
+                           aimd.recovery_per_s, aimd.floor, aimd.cooldown_s, aimd.target,
+                           aimd.hold_s]  # fmt: skip
+        if window is not None:
+            args += (window.limit, window.a, window.b)
+        return _state(await self._call(self._adapt, keys, args))
 
-    async def learned(self, key: str) -> dict[str, tuple[float, float]]:
+    async def learned(self, key: str) -> dict[str, State]:
         """Every pool's shared (factor, since)."""
         try:
             reply = await self._pipe.call("HGETALL", key)
         except ConnectionLost as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
         assert isinstance(reply, list)
-        states = {}
-        for field, value in zip(reply[::2], reply[1::2], strict=True):
-            factor, since = value.decode().split(",")
-            states[field.decode()] = (float(factor), float(since))
-        return states
+        return {field.decode(): _state(value) for field, value in zip(reply[::2], reply[1::2],
+                                                                        strict=True)}  # fmt: skip
 
     async def ping(self) -> bool:
         try:

@@ -150,6 +150,11 @@ class Limiter:
     def pool_of(self, route: Route) -> str:
         return pool_key(self._config.key_prefix, route)
 
+    def tpm_window(self, route: Route) -> Bucket | None:
+        """The per-minute token window of ``route``'s pool (the one learned quotas scale)."""
+        windows = [b for b in self._route_limits(route).tokens if b.kind == Kind.WINDOW]
+        return windows[0] if windows else None
+
     def is_tenant_limit(self, bucket: Bucket) -> bool:
         return bucket.key.startswith(self._tenant_prefix)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.limiter.adaptive import Aimd, State
 from gateway.limiter.core import (
     Admitted,
     Bucket,
@@ -19,6 +21,7 @@ from gateway.limiter.core import (
     window_bucket,
 )
 from gateway.limiter.memory import MemoryStore
+from gateway.limiter.redis_store import RedisStore
 from tests.limiter.conftest import fresh_store
 from tests.servers import RedisServer
 
@@ -77,22 +80,33 @@ def _plan(step: Admit, member: str) -> Plan:
     return Plan(member, tuple(_charge(i, step.cost) for i in step.common), alternatives)
 
 
+Tickets = list[tuple[Plan, Admitted]]
+
+
+async def _step(
+    lua: RedisStore, reference: MemoryStore, step: Admit | Settle, n: int, now: int,
+    open_tickets: Tickets,
+) -> None:  # fmt: skip
+    """Run an admission or a settlement on both stores; admissions must agree."""
+    if isinstance(step, Admit):
+        plan = _plan(step, f"m{n}")
+        expected = reference.admit_now(plan, now)
+        assert await lua.admit(plan, now) == expected, (n, step)
+        if isinstance(expected, Admitted):
+            open_tickets.append((plan, expected))
+    elif open_tickets:
+        plan, admitted = open_tickets.pop(step.pick % len(open_tickets))
+        reference.settle_now(plan, admitted, step.delta, now)
+        await lua.settle(plan, admitted, step.delta, now)
+
+
 async def _run(url: str, steps: list[Admit | Settle]) -> None:
     lua, reference = await fresh_store(url), MemoryStore()
     now, open_tickets = START, []
     try:
         for n, step in enumerate(steps):
             now += step.advance_ms
-            if isinstance(step, Admit):
-                plan = _plan(step, f"m{n}")
-                expected = reference.admit_now(plan, now)
-                assert await lua.admit(plan, now) == expected, (n, step)
-                if isinstance(expected, Admitted):
-                    open_tickets.append((plan, expected))
-            elif open_tickets:
-                plan, admitted = open_tickets.pop(step.pick % len(open_tickets))
-                reference.settle_now(plan, admitted, step.delta, now)
-                await lua.settle(plan, admitted, step.delta, now)
+            await _step(lua, reference, step, n, now, open_tickets)
     finally:
         await lua.close()
 
@@ -101,3 +115,58 @@ async def _run(url: str, steps: list[Admit | Settle]) -> None:
 @given(steps=st.lists(st.one_of(admits, settles), min_size=1, max_size=40))
 def test_lua_and_python_agree(redis_server: RedisServer, steps: list[Admit | Settle]) -> None:
     asyncio.run(_run(redis_server.url, steps))
+
+
+# ---- adapt.lua against Aimd: learned quotas measured on the pool's window ----------------
+
+
+@dataclass(frozen=True)
+class Throttle:
+    advance_ms: int
+    measured: bool
+    """Whether the pool has a per-minute window to measure (a route without tpm has none)."""
+
+
+throttles = st.builds(
+    Throttle, advance_ms=st.sampled_from([0, 1, 1_500, 2_000, 10_000, 61_000, 200_000]),
+    measured=st.booleans(),
+)  # fmt: skip
+aimds = st.builds(
+    Aimd, decrease=st.floats(0.3, 0.95), recovery_per_s=st.sampled_from([0.0, 0.002, 0.05]),
+    floor=st.sampled_from([0.05, 0.5]), cooldown_s=st.sampled_from([0.0, 2.0]),
+    target=st.floats(0.5, 1.0), hold_s=st.sampled_from([0.0, 5.0, 60.0]),
+)  # fmt: skip
+window_admits = st.builds(
+    Admit, common=st.just((0,)), alternatives=st.just(()), cost=st.integers(1, 300),
+    advance_ms=st.sampled_from([0, 250, 5_000, 30_000, 61_000]),
+)  # fmt: skip
+
+
+async def _run_adapt(url: str, aimd: Aimd, steps: list[Admit | Settle | Throttle]) -> None:
+    lua, reference = await fresh_store(url), MemoryStore()
+    window = BUCKETS[0]
+    now, open_tickets = START, []
+    state: State | None = None
+    try:
+        for n, step in enumerate(steps):
+            now += step.advance_ms
+            if isinstance(step, Throttle):
+                used = reference.used(window, now) / window.limit if step.measured else None
+                expected = aimd.on_throttle(state, now / 1000, used)
+                state = await lua.adapt("{p}:adapt", "pool", aimd, window if step.measured
+                                        else None, now)  # fmt: skip
+                assert state[0] == pytest.approx(expected[0], abs=2e-6), (n, step)
+                assert state[1] == pytest.approx(expected[1], abs=2e-6), (n, step)
+            else:
+                await _step(lua, reference, step, n, now, open_tickets)
+    finally:
+        await lua.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(aimd=aimds, steps=st.lists(st.one_of(window_admits, settles, throttles), min_size=1,
+                                  max_size=30))  # fmt: skip
+def test_adapt_lua_and_aimd_agree(
+    redis_server: RedisServer, aimd: Aimd, steps: list[Admit | Settle | Throttle]
+) -> None:
+    asyncio.run(_run_adapt(redis_server.url, aimd, steps))
