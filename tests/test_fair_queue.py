@@ -146,3 +146,17 @@ def test_fifo_within_tenant_and_class(pushes: list[tuple[str, int, int, int]]) -
             assert seqs == sorted(seqs)
     classes = [k for _, k, _ in order]
     assert classes == sorted(classes)  # no batch entry before an interactive one
+
+
+def test_a_batch_flow_gains_no_credit_while_interactive_traffic_is_served() -> None:
+    queue: FairQueue[str] = FairQueue()
+    early = [queue.push(f"x{i}", tenant="x", weight=1, klass=BATCH, cost=100) for i in range(200)]
+    for i in range(100):
+        queue.push(f"i{i}", tenant="i", weight=1, klass=INTERACTIVE, cost=100)
+    assert all(s.startswith("i") for s in serve_all(queue, 100))
+    for entry in early[:50]:  # x's oldest batch waiters reach their deadline meanwhile
+        queue.cancel(entry)
+    for i in range(100):
+        queue.push(f"y{i}", tenant="y", weight=1, klass=BATCH, cost=100)
+    after = serve_all(queue, 40)
+    assert sum(1 for s in after if s.startswith("y")) == pytest.approx(20, abs=1)

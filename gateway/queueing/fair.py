@@ -6,7 +6,7 @@ of one class, first in first out; only its first entry competes, tagged
     finish = start + cost / weight
 
 where ``start`` is the finish tag of the flow's last *served* entry, or V (the finish tag of the
-entry served last, in any flow) if that is later when the flow starts waiting. The queue serves
+entry of its class served last) if that is later when the flow starts waiting. The queue serves
 the competing entry with the smallest ``(class, finish, arrival)``. Under contention each
 tenant is served in proportion to its weight, counted in the entry cost (reserved quota tokens),
 however many requests it sends; every interactive entry goes before any batch entry.
@@ -67,7 +67,8 @@ class FairQueue(Generic[T]):
     """The flows' first entries; an item is stale once its entry is no longer a competing
     first with that key (removed lazily)."""
     _last_finish: dict[FlowKey, float] = field(default_factory=dict)
-    _virtual: float = 0.0
+    _virtual: dict[int, float] = field(default_factory=dict)
+    """V per class: a class's flows wait out the classes above it without gaining credit."""
     _live: int = 0
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -79,7 +80,7 @@ class FairQueue(Generic[T]):
         entry = Entry(item, tenant, klass, max(cost, 1), next(self._seq))
         flow = self._flows.get((tenant, klass))
         if flow is None:
-            start = max(self._virtual, self._last_finish.get((tenant, klass), 0.0))
+            start = max(self._virtual.get(klass, 0.0), self._last_finish.get((tenant, klass), 0.0))
             flow = self._flows[(tenant, klass)] = _Flow(weight, start)
         flow.weight = weight
         flow.entries.append(entry)
@@ -104,7 +105,7 @@ class FairQueue(Generic[T]):
             return
         key = (entry.tenant, entry.klass)
         self._last_finish[key] = self._flows[key].start = entry.finish
-        self._virtual = max(self._virtual, entry.finish)
+        self._virtual[entry.klass] = max(self._virtual.get(entry.klass, 0.0), entry.finish)
         self.cancel(entry)
 
     def cancel(self, entry: Entry[T]) -> None:
@@ -133,7 +134,7 @@ class FairQueue(Generic[T]):
         flow = self._flows.get((entry.tenant, entry.klass))
         if flow is not None and flow.parked:
             flow.parked = False
-            flow.start = max(flow.start, self._virtual)
+            flow.start = max(flow.start, self._virtual.get(entry.klass, 0.0))
             self._compete(flow)
 
     def entries(self) -> list[Entry[T]]:
