@@ -26,6 +26,13 @@ def retryable(status: int, error_type: str | None) -> bool:
     return status in RETRYABLE_STATUS
 
 
+def daily_quota_spent(body: bytes) -> bool:
+    """A 429 from Bedrock's daily token quota ("Too many tokens per day, please wait before
+    trying again."): that route stays refused until the day turns, and its per-minute quota is
+    not to blame."""
+    return b"tokens per day" in body[:512].lower()
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     max_attempts: int = 3

@@ -21,9 +21,14 @@ class FakeTicket:
         self.route = route
 
 
-def answer(status: int, error: str | None = None) -> tuple[int, Headers, bytes]:
+def answer(
+    status: int, error: str | None = None, body: bytes = b"{}"
+) -> tuple[int, Headers, bytes]:
     headers = [(b"x-amzn-errortype", error.encode())] if error else []
-    return status, headers, b"{}"
+    return status, headers, body
+
+
+DAY_SPENT = b'{"message":"Too many tokens per day, please wait before trying again."}'
 
 
 class Script:
@@ -126,3 +131,18 @@ async def test_no_capacity_for_a_retry_keeps_the_upstream_answer() -> None:
     script = Script(answer(429, "ThrottlingException"))
     script.now = 29.99  # the backoff leaves no time to be admitted again
     assert await run(script) == (429, 1)
+
+
+async def test_a_spent_daily_quota_is_tried_elsewhere_and_teaches_no_per_minute_quota() -> None:
+    script = Script(answer(429, "ThrottlingException", DAY_SPENT), answer(200))
+    status, attempts = await run(script, (A, B))
+    assert (status, attempts) == (200, 2)
+    assert script.readmits == [(B,)]  # the spent route is not offered again
+    assert script.throttled == []  # its per-minute quota is not to blame
+
+
+async def test_a_spent_daily_quota_on_the_only_route_is_answered_at_once() -> None:
+    script = Script(answer(429, "ThrottlingException", DAY_SPENT))
+    assert await run(script, (A,)) == (429, 1)
+    assert script.sleeps == []
+    assert script.throttled == []

@@ -4,7 +4,9 @@ An attempt is one admitted call upstream that settles its own ticket (a refused 
 gives its reservation back). After a retryable failure the request waits a capped exponential
 backoff with full jitter, is admitted again with the failed route tried last, so another route
 with room takes it, and tries again: never past the request's deadline, never for a validation
-error. If every attempt fails, the client gets the last upstream error as it was.
+error. A route whose daily token quota is spent is not tried again for this request (nor
+taught a lower per-minute quota). If every attempt fails, the client gets the last upstream
+error as it was.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from gateway.api.asgi import Headers
 from gateway.catalog import Route
 from gateway.errors import ServiceUnavailable, Throttled
 from gateway.limiter.service import Ticket
-from gateway.retry import RetryPolicy, retryable
+from gateway.retry import RetryPolicy, daily_quota_spent, retryable
 
 Answer = tuple[int, Headers, bytes] | None
 """An answer to send, or None when a stream was already relayed to the client."""
@@ -60,13 +62,16 @@ class Attempts:
             else:
                 if answer is None or not retryable(answer[0], error_type(answer[1])):
                     return answer, number
-                if answer[0] == 429:
+                if answer[0] == 429 and daily_quota_spent(answer[2]):
+                    # not a per-minute signal, and this route will not recover in time
+                    routes = tuple(r for r in routes if r != ticket.route)
+                elif answer[0] == 429:
                     self.on_throttled(ticket.route)
             delay = self.policy.delay(number, self.draw(), deadline - self.clock())
             next_ticket = None
-            if delay is not None:
+            if delay is not None and routes:
                 await self.sleep(delay)
-                others = (*(r for r in routes if r != ticket.route), ticket.route)
+                others = tuple(sorted(routes, key=lambda r: r == ticket.route))  # it goes last
                 # no capacity left before the deadline: the upstream's answer stands
                 with contextlib.suppress(Throttled):
                     next_ticket = await readmit(others, deadline - self.clock(), number + 1)
