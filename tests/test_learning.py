@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Iterator
 
 import httpx
@@ -133,6 +134,10 @@ def test_the_gateway_learns_a_lower_real_quota(
     haiku = next(p for p in pools.json()["pools"] if p["base_model"] == HAIKU)
     assert haiku["quota_factor"] < 0.75  # decreased to 0.7, recovering slowly since
     assert haiku["effective_tpm"] < 15_000
+    assert abs(haiku["throttled_at"] - time.time()) < 60  # when Bedrock last lowered it
+    assert haiku["holds_until"] == pytest.approx(haiku["throttled_at"] + 60)
+    untouched = next(p for p in pools.json()["pools"] if p["base_model"] != HAIKU)
+    assert (untouched["quota_factor"], untouched["throttled_at"]) == (1.0, None)
     metrics = httpx.get(f"{url}/metrics").text
     assert "gateway_upstream_throttles_total{" in metrics
     factor_lines = [

@@ -35,19 +35,24 @@ def admin_router(
 
     @router.get("/pools")
     async def pools(request: Request) -> dict[str, Any]:
-        """Every quota pool the routes draw on: configured limits and the learned quota."""
+        """Every quota pool the routes draw on: configured limits and the learned quota (its
+        factor, when Bedrock last lowered it and until when it holds, in Unix seconds)."""
         _check(request, digests)
         seen: dict[str, dict[str, Any]] = {}
+        states, hold_s = learned.states(), learned.aimd.hold_s
         for target in catalog.targets():
             for route in target.routes:
                 pool = limiter.pool_of(route)
                 factor = learned.factor(pool)
+                since = states[pool][1] if pool in states else None
                 entry = seen.setdefault(pool, {
                     "pool": pool, "account": route.account, "region": route.region,
                     "scope": route.scope, "base_model": route.base_model, "tpm": route.tpm,
                     "rpm": route.rpm, "tokens_per_day": route.tokens_per_day,
                     "max_concurrency": route.max_concurrency, "quota_factor": round(factor, 4),
                     "effective_tpm": None if route.tpm is None else int(route.tpm * factor),
+                    "throttled_at": since,
+                    "holds_until": None if since is None else since + hold_s,
                     "routes": [],
                 })  # fmt: skip
                 if route.label not in entry["routes"]:
