@@ -11,9 +11,9 @@ new arrival never jumps its own replica's queue.
 
 A head denied by its tenant's budget (not the pool's) parks its tenant's flow until its hint,
 so one tenant's exhausted budget does not block the others; the flow keeps its order and
-competes again, tagged afresh, when the hint comes due. Every waiter
-is answered by its deadline: admitted, or a ThrottlingException with a retry hint. Closing
-answers every waiter at once.
+competes again, tagged afresh, when the hint comes due. Every waiter is answered by its
+deadline: admitted, or a ThrottlingException with a retry hint. Closing answers every waiter
+at once.
 """
 
 from __future__ import annotations
