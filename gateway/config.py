@@ -285,6 +285,10 @@ class GatewayConfig(_Frozen):
                 raise ValueError(f"{where} ({wait:g} s) must be shorter than "
                                  f"server.shutdown_grace_s ({grace:g} s), so that a stopping "
                                  f"server still answers its waiting requests")  # fmt: skip
+        if self.server.workers > 1 and self.limiter.backend == "memory":
+            raise ValueError(f"server.workers is {self.server.workers} but limiter.backend is "
+                             f"memory: each worker would enforce every quota by itself; use "
+                             f"backend: redis to share them")  # fmt: skip
         seen: dict[str, str] = {}
         for name, tenant in self.tenants.items():
             for key in tenant.access_keys:

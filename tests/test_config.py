@@ -49,7 +49,8 @@ def test_shipped_configs_are_valid(path: str) -> None:
      ("accounts: {}\nmodels: {}\nlimiter: {backend: redis}\n", "limiter", "redis_url"),
      ("accounts: {}\nmodels: {}\ntenants: {t: {key_sha256: nothex}}\n", "tenants.t.key_sha256",
       "64 lower-case hex"),
-     ("accounts: {}\nmodels: {}\nsurprise: 1\n", "surprise", "Extra inputs")],
+     ("accounts: {}\nmodels: {}\nsurprise: 1\n", "surprise", "Extra inputs"),
+     ("accounts: {}\nmodels: {}\nserver: {workers: 2}\n", "workers", "backend: redis")],
 )  # fmt: skip
 def test_bad_files_name_the_file_the_field_and_the_problem(
     tmp_path: Path, text: str, field: str, problem: str

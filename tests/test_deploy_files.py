@@ -150,6 +150,8 @@ def env_names(config: GatewayConfig) -> set[str]:
         )
     for tenant in config.tenants.values():
         names.update(key.secret_env for key in tenant.access_keys)
+    if config.limiter.redis_url_env:
+        names.add(config.limiter.redis_url_env)
     return names
 
 
@@ -213,7 +215,10 @@ def dockerfile_uid() -> int:
 def gateway_app() -> GatewayApp:
     """The gateway built from the ConfigMap's config (the lifespan is not run: no AWS calls)."""
     config = configmap_config()
-    return create_app(config, environ=dict.fromkeys(env_names(config), "placeholder-secret"))
+    environ = dict.fromkeys(env_names(config), "placeholder-secret")
+    if config.limiter.redis_url_env:  # never dialled: the lifespan does not run
+        environ[config.limiter.redis_url_env] = "redis://127.0.0.1:6379/0"
+    return create_app(config, environ=environ)
 
 
 def real_paths() -> set[str]:
@@ -324,6 +329,28 @@ def test_compose_gateway_config_is_mounted_and_valid() -> None:
     load_config(source)  # raises ConfigError when the gateway would refuse it
 
 
+def compose_gateway_config() -> GatewayConfig:
+    gateway = service("gateway")
+    args = build_parser().parse_args(compose_command(gateway))
+    return load_config(compose_mount(gateway, args.config)[0])
+
+
+def test_compose_gateways_share_the_stacks_redis() -> None:
+    # A memory store per gateway process would let each one spend the whole quota.
+    limiter = compose_gateway_config().limiter
+    assert limiter.backend == "redis"
+    assert limiter.redis_url_env, "the URL comes from the environment"
+    value = str(service("gateway")["environment"][limiter.redis_url_env])
+    default = re.fullmatch(r"\$\{\w+:-(.+)\}", value)
+    assert default, f"{value}: an overridable default"
+    url = urlsplit(default.group(1))
+    assert url.scheme == "redis"
+    assert url.hostname == "redis"
+    assert url.hostname in compose()["services"]
+    replicas = service("gateway").get("deploy", {}).get("replicas", 1)
+    assert limiter.replicas >= replicas, "the local share must not exceed quota / replicas"
+
+
 def test_compose_gateway_port_is_published_on_loopback_only() -> None:
     gateway = service("gateway")
     args = build_parser().parse_args(compose_command(gateway))
@@ -371,7 +398,8 @@ def test_compose_secrets_come_from_the_environment_with_fake_defaults() -> None:
     config = load_config(compose_mount(gateway, "/etc/bedrock-gateway/gateway.yaml")[0])
     environment = gateway["environment"]
     assert isinstance(environment, dict)
-    names = env_names(config)
+    # The Redis URL is the stack's own service, not a secret: checked in its own test above.
+    names = env_names(config) - {config.limiter.redis_url_env}
     assert names, "the compose config should read its secrets from the environment"
     for name in names:
         assert name in environment, f"config/compose.yaml reads {name}; compose does not set it"
@@ -442,6 +470,19 @@ def test_manifests_share_the_kustomization_namespace() -> None:
 def test_configmap_config_is_valid() -> None:
     config = configmap_config()  # raises ConfigError when the gateway would refuse it
     assert config.server.host == "0.0.0.0"
+
+
+def test_every_pod_shares_one_redis_limiter() -> None:
+    # Several pods on the memory store would each enforce the whole quota by themselves.
+    limiter = configmap_config().limiter
+    assert limiter.backend == "redis"
+    assert limiter.redis_url_env, "the URL (with its password) is a secret"
+    assert not limiter.redis_url
+    template = next(k8s_documents(K8S / SECRET_TEMPLATE))
+    assert limiter.redis_url_env in template["stringData"]
+    most = max(manifest("Deployment")["spec"]["replicas"],
+               manifest("HorizontalPodAutoscaler")["spec"]["maxReplicas"])  # fmt: skip
+    assert limiter.replicas >= most, "local shares of quota / replicas must fit at full scale"
 
 
 def test_deployment_command_and_config_mount() -> None:
