@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.errors import (
     GatewayError,
@@ -23,6 +23,7 @@ from gateway.simulator.config import SimulatorConfig
 from gateway.simulator.directives import Directives, parse_directives
 from gateway.simulator.pools import PoolRegistry
 from gateway.simulator.quota import Denial, Limit, QuotaPool, Reservation
+from gateway.simulator.tokens import counted
 from gateway.simulator.wire import (
     THROTTLE_MESSAGES,
     BedrockThrottling,
@@ -86,6 +87,7 @@ def admit(sim: Sim, scope: Scope, body: bytes, model: str, op: str) -> Admitted:
         call = messages_call(data)
     else:
         call = converse_call(data, sim.config.converse_default_max_tokens)
+    call = replace(call, input_tokens=counted(sim.config.counting, model, call.input_tokens, data))
     if directives.status is not None and sim.fault_due(body, directives.fail_times):
         raise injected_fault(directives.status)
     region = region_from_authorization(header(scope, b"authorization"), sim.config.default_region)

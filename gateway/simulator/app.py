@@ -88,7 +88,8 @@ class SimulatorApp:
                 await stream_operation(self.sim, scope, receive, send, body, model, op, request_id)
                 return
             if op == "count-tokens":
-                result = count_tokens_operation(await read_body(receive, MAX_BODY), request_id)
+                result = count_tokens_operation(await read_body(receive, MAX_BODY), request_id,
+                                                self.sim.config.counting, model)  # fmt: skip
                 await send_response(send, *result)
                 return
         amz_target = header(scope, b"x-amz-target") if raw_path == b"/" else None

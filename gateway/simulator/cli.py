@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-ms", type=float, help="time per output token, ms")
     parser.add_argument("--default-output-tokens", type=int, help="output when none is asked for")
     parser.add_argument("--region", help="region of requests without a SigV4 credential scope")
+    parser.add_argument(
+        "--count-scale",
+        type=float,
+        help="count this x the built-in tokenizer's input tokens (1.05: 5%% more)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
@@ -43,6 +48,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         overrides["default_quota"] = quota
     if latency:
         overrides["latency"] = latency
+    if args.count_scale is not None:
+        overrides["counting"] = {"scale": args.count_scale}
     return load_config(args.config, overrides)
 
 

@@ -67,6 +67,30 @@ class LatencyConfig(_Frozen):
     per_output_token_ms: float = Field(0.0, ge=0)
 
 
+class CountingConfig(_Frozen):
+    """How far this upstream's token counts stray from the built-in tokenizer's, so tests can
+    show the gateway learns an upstream that counts differently from what it was fitted to
+    (real Bedrock counts with each model's own tokenizer). Counts stay whole and ≥ 1."""
+
+    scale: float = Field(1.0, gt=0, le=10)
+    """Every input count × this: 1.05 counts 5 % more tokens, 0.9 counts 10 % fewer."""
+    non_ascii_scale: float = Field(1.0, gt=0, le=10)
+    """Tokens of non-ASCII characters (CJK, Cyrillic, accents) × this on top: a language bias."""
+    models: dict[str, float] = Field(default_factory=dict)
+    """Model id substring → a further factor for that model (the longest match wins): a
+    per-model bias."""
+
+    def adjust(self, model: str, tokens: int, non_ascii: int) -> int:
+        """``tokens`` counted by the built-in tokenizer, ``non_ascii`` of them for non-ASCII
+        characters (one token each there), as this upstream counts them."""
+        factor = self.scale * _longest_match(self.models, model, 1.0)
+        if factor == 1.0 and self.non_ascii_scale == 1.0:
+            return tokens
+        foreign = min(non_ascii, tokens)
+        counted = ((tokens - foreign) + foreign * self.non_ascii_scale) * factor
+        return max(1, round(counted))
+
+
 class SimulatorConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
@@ -81,18 +105,23 @@ class SimulatorConfig(_Frozen):
     service_quotas: tuple[ServiceQuotaEntry, ...] = ()
     default_output_tokens: int = Field(64, ge=0)
     converse_default_max_tokens: int = Field(4096, ge=1)
+    counting: CountingConfig = CountingConfig()
     # Per pool, entries kept for stats (peak windows, timeline): this long, at most this many.
     history_seconds: float = Field(7200.0, ge=60)
     history_max_entries: int = Field(500_000, ge=1)
 
 
+def _longest_match(table: Mapping[str, float], model: str, default: float) -> float:
+    best, found = -1, default
+    for key, value in table.items():
+        if key in model and len(key) > best:
+            best, found = len(key), value
+    return found
+
+
 def burndown_for(config: SimulatorConfig, model: str) -> int:
     """The output burndown factor of ``model``: the longest matching substring's, else 1."""
-    best, factor = -1, 1
-    for key, value in config.burndown.items():
-        if key in model and len(key) > best:
-            best, factor = len(key), value
-    return factor
+    return int(_longest_match(config.burndown, model, 1))
 
 
 def resolve(

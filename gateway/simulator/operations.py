@@ -18,7 +18,8 @@ from gateway.errors import Headers, ValidationError
 from gateway.simulator.admission import Admitted, Sim, admit
 from gateway.simulator.asgi import Scope, json_headers
 from gateway.simulator.bodies import converse_response, messages_response, parse_json
-from gateway.simulator.tokens import input_tokens, output_text
+from gateway.simulator.config import CountingConfig
+from gateway.simulator.tokens import counted, input_tokens, output_text
 
 
 async def invoke_or_converse(
@@ -51,19 +52,23 @@ def _headers(request_id: str, payload: bytes, admitted: Admitted, latency_ms: in
     ]
 
 
-def count_tokens_operation(body: bytes, request_id: str) -> tuple[int, Headers, bytes]:
+def count_tokens_operation(
+    body: bytes, request_id: str, counting: CountingConfig, model: str
+) -> tuple[int, Headers, bytes]:
     """``{"input": {"invokeModel": {"body": <base64>}} | {"converse": {...}}}`` → inputTokens,
     counted exactly as InvokeModel / Converse count the same request."""
     source = parse_json(body).get("input")
     if not isinstance(source, dict) or len(source) != 1:
         raise ValidationError("input must hold exactly one of invokeModel or converse.")
     if isinstance(source.get("converse"), dict):
-        count = input_tokens("converse", source["converse"])
+        request = source["converse"]
+        count = input_tokens("converse", request)
     elif isinstance(source.get("invokeModel"), dict):
-        count = input_tokens("invoke", _invoke_body(source["invokeModel"]))
+        request = _invoke_body(source["invokeModel"])
+        count = input_tokens("invoke", request)
     else:
         raise ValidationError("input must hold exactly one of invokeModel or converse.")
-    payload = orjson.dumps({"inputTokens": count})
+    payload = orjson.dumps({"inputTokens": counted(counting, model, count, request)})
     return 200, json_headers(request_id, payload), payload
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from gateway.simulator.config import CountingConfig
+
 # A lone space is not a token: like BPE's " word", it rides on the word after it.
 _TOKEN = re.compile(r"[A-Za-z]+|\d{1,3}|[^\S ]+| {2,}|\S")
 _SHORT_WORD = 6  # words up to this length are one token; longer ones gain one per 4 chars
@@ -86,6 +88,19 @@ def output_pieces(n: int) -> Iterator[str]:
 def output_text(n: int) -> str:
     """Generated model output of exactly ``n`` tokens."""
     return "".join(output_pieces(n))
+
+
+def non_ascii_chars(body: Mapping[str, Any]) -> int:
+    """Non-ASCII characters in a parsed body (each one token to the built-in tokenizer)."""
+    text = orjson.dumps(body).decode()
+    return len(text) - len(text.encode("ascii", "ignore"))
+
+
+def counted(counting: CountingConfig, model: str, tokens: int, body: Mapping[str, Any]) -> int:
+    """``tokens`` (the built-in count of ``body``) as an upstream with ``counting``'s bias
+    counts them; the body is scanned for non-ASCII text only when that bias is set."""
+    foreign = non_ascii_chars(body) if counting.non_ascii_scale != 1.0 else 0
+    return counting.adjust(model, tokens, foreign)
 
 
 def input_tokens(operation: str, body: Mapping[str, Any]) -> int:

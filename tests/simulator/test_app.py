@@ -357,3 +357,40 @@ async def test_lifespan_protocol(make_sim: SimFactory) -> None:
 
     await app({"type": "lifespan"}, receive, send)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+@pytest.mark.parametrize(
+    ("counting", "factor"),
+    [({"scale": 1.05}, 1.05), ({"scale": 0.9}, 0.9),
+     ({"models": {"claude-3-haiku": 1.2, "claude": 0.5}}, 1.2)],
+)  # fmt: skip
+async def test_counting_bias_scales_every_input_count(
+    make_sim: SimFactory, counting: dict[str, Any], factor: float
+) -> None:
+    # An upstream that counts differently from the built-in tokenizer, the same way in the
+    # answer's usage, its headers, the quota it charges and CountTokens.
+    text = "A question of some length about quotas, " * 20
+    _, plain = make_sim()
+    _, biased = make_sim(counting=counting)
+    body = messages_body(text, max_tokens=5)
+    base = (await invoke(plain, body)).json()["usage"]["input_tokens"]
+    answer = await invoke(biased, body)
+    assert answer.json()["usage"]["input_tokens"] == round(base * factor)
+    assert answer.headers["x-amzn-bedrock-input-token-count"] == str(round(base * factor))
+    stats = (await pool_stats(biased))[0]
+    assert stats["tokens"] == round(base * factor) + answer.json()["usage"]["output_tokens"]
+    counted = orjson.dumps({"input": {"converse": orjson.loads(converse_body(text))}})
+    plain_count = (await invoke(plain, counted, op="count-tokens")).json()["inputTokens"]
+    biased_count = (await invoke(biased, counted, op="count-tokens")).json()["inputTokens"]
+    assert biased_count == round(plain_count * factor)
+
+
+async def test_non_ascii_bias_applies_to_foreign_text_only(make_sim: SimFactory) -> None:
+    _, plain = make_sim()
+    _, biased = make_sim(counting={"non_ascii_scale": 2.0})
+    english = messages_body("plain english words " * 10, max_tokens=5)
+    japanese = messages_body("日本語の文章です" * 10, max_tokens=5)
+    for body, grows in ((english, False), (japanese, True)):
+        base = (await invoke(plain, body)).json()["usage"]["input_tokens"]
+        seen = (await invoke(biased, body)).json()["usage"]["input_tokens"]
+        assert (seen > base * 1.5) is grows, (base, seen)
