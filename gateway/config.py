@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.calibration import CalibrationPolicy
+
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
 
@@ -131,6 +133,36 @@ class QueueConfig(_Frozen):
     recheck_s: Annotated[float, Field(gt=0, le=10)] = 1.0
     """How often a queue's head re-checks the shared store at the least (settlements in other
     replicas are not observed directly)."""
+
+
+class CalibrationConfig(_Frozen):
+    """Input estimates scaled to how Bedrock really counts (gateway/calibration.py): per model
+    and body family, by a high quantile of true / estimated input over recent answers, shared
+    by every replica through Redis."""
+
+    enabled: bool = True
+    """Off: estimates are used as computed (the factor stays 1)."""
+    quantile: Annotated[float, Field(ge=0.5, le=1)] = 0.98
+    """Scale by this quantile of true / estimate: under-estimates become this rare."""
+    initial_factor: Annotated[float, Field(ge=0.5, le=3)] = 1.10
+    """The factor until ``min_samples`` answers are seen."""
+    min_samples: Annotated[int, Field(ge=1, le=100_000)] = 20
+    window_s: Annotated[float, Field(ge=5, le=3600)] = 60.0
+    """The quantile covers at least the newest this many seconds of answers, more when fewer
+    than ``min_samples`` came in them (up to ``retain_s``)."""
+    retain_s: Annotated[float, Field(ge=5, le=86_400)] = 600.0
+    floor: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """The factor never goes below this, nor above ``ceiling``, whatever usage is reported."""
+    ceiling: Annotated[float, Field(ge=1, le=10)] = 3.0
+
+    def policy(self) -> CalibrationPolicy:
+        if not self.enabled:
+            return CalibrationPolicy(initial=1.0, floor=1.0, ceiling=1.0)
+        return CalibrationPolicy(
+            quantile=self.quantile, initial=self.initial_factor, min_samples=self.min_samples,
+            window_s=self.window_s, retain_s=max(self.retain_s, self.window_s),
+            floor=self.floor, ceiling=self.ceiling,
+        )  # fmt: skip
 
 
 class AccountConfig(_Frozen):
@@ -254,6 +286,7 @@ class GatewayConfig(_Frozen):
     upstream: UpstreamConfig = UpstreamConfig()
     limiter: LimiterConfig = LimiterConfig()
     queue: QueueConfig = QueueConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
     admin: AdminConfig = AdminConfig()
     accounts: dict[str, AccountConfig]
     models: dict[str, ModelConfig]

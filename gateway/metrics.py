@@ -72,6 +72,13 @@ class Metrics:
             ["pool"],
             registry=self.registry,
         )
+        self.estimate_factor = Gauge(
+            "gateway_estimate_calibration_factor",
+            "Factor the input estimate is scaled by: a high quantile of Bedrock's true input "
+            "count over the estimate, per configured model and body family.",
+            ["model", "family"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "gateway_queue_depth",
             "Requests waiting for capacity in this replica, by model.",

@@ -18,7 +18,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.conftest import BEARER, ENVIRON, KEY_ID, SECRET, ClientFactory, gateway_settings
-from tests.servers import GatewayProcess, ServerThread
+from tests.servers import GatewayProcess, RedisServer, ServerThread
 
 SLOW = "slow [sim:output_tokens=40] [sim:token_ms=50]"  # 10 deltas, 200 ms apart
 STREAM_BODY = orjson.dumps({"messages": [{"role": "user", "content": [{"text": SLOW}]}]})
@@ -91,9 +91,12 @@ def test_tls_negotiates_h2_by_alpn_and_still_serves_http1(
 
 
 def test_workers_finish_a_stream_in_flight_on_sigterm(
-    simulator: ServerThread, make_client: ClientFactory
+    simulator: ServerThread, make_client: ClientFactory, redis_server: RedisServer
 ) -> None:
-    gateway = GatewayProcess(gateway_settings(simulator.url, workers=2), ENVIRON).start()
+    settings = gateway_settings(simulator.url, workers=2)
+    # Two workers share their quotas through Redis (the memory store is refused for them).
+    settings["limiter"] = {"backend": "redis", "redis_url": redis_server.url}
+    gateway = GatewayProcess(settings, ENVIRON).start()
     events: list[str] = []
     started = threading.Event()
 

@@ -44,6 +44,8 @@ def gateway(simulator: ServerThread, redis_server: RedisServer) -> Iterator[Serv
     settings = limited_settings(
         simulator.url, redis_server.url, on_demand={"tpm": 100_000, "max_concurrency": 4}
     )
+    # Estimates as computed (no calibration factor), so settlements compare with cost.estimate.
+    settings["calibration"] = {"enabled": False}
     server = start_gateway(parse_config(settings))
     yield server
     server.stop()

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 
 from gateway.catalog import Catalog
 from gateway.errors import AccessDenied
+from gateway.limiter.calibrating import Calibrations
 from gateway.limiter.learning import LearnedQuotas
 from gateway.limiter.service import Limiter
 
@@ -29,14 +30,17 @@ def _check(request: Request, digests: Sequence[str]) -> None:
 
 
 def admin_router(
-    digests: Sequence[str], catalog: Catalog, limiter: Limiter, learned: LearnedQuotas
-) -> APIRouter:
+    digests: Sequence[str], catalog: Catalog, limiter: Limiter, learned: LearnedQuotas,
+    calibrations: Calibrations,
+) -> APIRouter:  # fmt: skip
     router = APIRouter(prefix="/admin")
 
     @router.get("/pools")
     async def pools(request: Request) -> dict[str, Any]:
         """Every quota pool the routes draw on: configured limits and the learned quota (its
-        factor, when Bedrock last lowered it and until when it holds, in Unix seconds)."""
+        factor, when Bedrock last lowered it and until when it holds, in Unix seconds); and
+        per model and body family, the factor input estimates are scaled by and the answers
+        (samples) it was learned from."""
         _check(request, digests)
         seen: dict[str, dict[str, Any]] = {}
         states, hold_s = learned.states(), learned.aimd.hold_s
@@ -57,6 +61,6 @@ def admin_router(
                 })  # fmt: skip
                 if route.label not in entry["routes"]:
                     entry["routes"].append(route.label)
-        return {"pools": list(seen.values())}
+        return {"pools": list(seen.values()), "calibration": calibrations.status()}
 
     return router

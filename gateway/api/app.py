@@ -8,6 +8,8 @@ worker processes call.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -37,10 +39,11 @@ from gateway.errors import (
     render,
 )
 from gateway.limiter.adaptive import Aimd
+from gateway.limiter.calibrating import Calibrations
 from gateway.limiter.failover import FailoverStore, Store
 from gateway.limiter.learning import LearnedQuotas
 from gateway.limiter.memory import MemoryStore
-from gateway.limiter.redis_store import RedisStore
+from gateway.limiter.redis_store import RedisStore, StoreUnavailable
 from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics
 from gateway.queueing.dispatcher import Queues
@@ -64,6 +67,7 @@ class Parts:
     limiter: Limiter
     queues: Queues
     learned: LearnedQuotas
+    calibrations: Calibrations
 
 
 class GatewayApp:
@@ -128,10 +132,15 @@ def _control_app(
             ready["credentials"] = str(exc)
             raise
         parts.learned.start()
+        # What the other replicas learned, before the first request (a new replica's too).
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
+            await asyncio.wait_for(parts.calibrations.refresh(), config.limiter.timeout_s * 4)
+        parts.calibrations.start()
         try:
             yield
         finally:
             await parts.queues.close()  # anyone still waiting gets an answer now
+            await parts.calibrations.close()
             await parts.learned.close()
             await parts.upstream.close()
             await parts.limiter.close()
@@ -173,7 +182,9 @@ def _control_app(
         return _bedrock_error(exc)
 
     app.include_router(
-        admin_router(config.admin.key_sha256, parts.catalog, parts.limiter, parts.learned)
+        admin_router(
+            config.admin.key_sha256, parts.catalog, parts.limiter, parts.learned, parts.calibrations
+        )
     )
 
     return app
@@ -217,8 +228,9 @@ def create_app(
         on_throttled=upstream_throttled,
     )  # fmt: skip
     catalog = Catalog(config.models)
+    calibrations = _calibrations(config, store, metrics)
     calls = Calls(
-        catalog, upstream, limiter, queues, attempts, clock=time.monotonic,
+        catalog, upstream, limiter, queues, attempts, calibrations, clock=time.monotonic,
         fallback_allowed={name: t.allow_fallback for name, t in config.tenants.items()},
     )  # fmt: skip
     dataplane = DataPlane(
@@ -232,8 +244,30 @@ def create_app(
         max_body_bytes=config.server.max_body_bytes,
         default_wait_s=config.queue.max_wait_s,
     )
-    parts = Parts(catalog, credentials, upstream, store, limiter, queues, learned)
+    parts = Parts(catalog, credentials, upstream, store, limiter, queues, learned, calibrations)
     return GatewayApp(dataplane, _control_app(config, metrics, parts, environ))
+
+
+def _shared(store: FailoverStore | Store) -> RedisStore | None:
+    primary = store.primary if isinstance(store, FailoverStore) else store
+    return primary if isinstance(primary, RedisStore) else None
+
+
+def _calibrations(
+    config: GatewayConfig, store: FailoverStore | Store, metrics: Metrics
+) -> Calibrations:
+    """Estimate calibration per configured model and body family, shared through Redis."""
+    keys = [(name, fam) for name in config.models for fam in ("converse", "invoke")]
+    calibrations: Calibrations
+
+    def changed(key: tuple[str, str], factor: float) -> None:
+        metrics.estimate_factor.labels(*key).set(factor)
+
+    calibrations = Calibrations(config.calibration.policy(), keys, _shared(store),
+                                config.limiter.key_prefix, on_change=changed)  # fmt: skip
+    for key in keys:
+        metrics.estimate_factor.labels(*key).set(calibrations.factor(key))
+    return calibrations
 
 
 def _learned_quotas(
@@ -241,7 +275,7 @@ def _learned_quotas(
 ) -> LearnedQuotas:
     """Learned quotas, shared through Redis when that is the store."""
     primary = store.primary if isinstance(store, FailoverStore) else store
-    shared = primary if isinstance(primary, RedisStore) else None
+    shared = _shared(store)
     aimd = Aimd(config.learn_decrease, config.learn_recovery_per_s, config.learn_floor,
                 config.learn_cooldown_s, config.learn_target, config.learn_hold_s)  # fmt: skip
     local_use = primary.used if isinstance(primary, MemoryStore) else None

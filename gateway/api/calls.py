@@ -10,16 +10,18 @@ model-neutral; an InvokeModel body only falls back to a model of the same vendor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import cost
+from gateway import calibration, cost
 from gateway.api.asgi import Headers, Receive, Send
 from gateway.api.attempts import Answer, Attempts
 from gateway.api.streaming import StreamCall, forward_stream
 from gateway.auth import Tenant
 from gateway.catalog import Catalog, ModelSpec, Route, Target
 from gateway.errors import Throttled
+from gateway.limiter.calibrating import Calibrations, family
 from gateway.limiter.core import Kind, Period
 from gateway.limiter.service import Limiter, Ticket
 from gateway.queueing.dispatcher import Queues
@@ -81,13 +83,25 @@ def rate_limit_headers(ticket: Ticket) -> Headers:
     ]
 
 
-def charged(reply: UpstreamResponse, operation: str, burndown: float, reserved: int) -> int:
+def reported(reply: UpstreamResponse, operation: str) -> cost.Usage | None:
+    """The usage Bedrock reported for a successful ``reply``, if it did."""
+    if reply.status >= 300:
+        return None
+    return usage_from_headers(reply.headers) or usage_from_body(operation, reply.body)
+
+
+def charged(reply: UpstreamResponse, usage: cost.Usage | None, burndown: float,
+            reserved: int) -> int:  # fmt: skip
     """Quota tokens Bedrock counted for ``reply``: its usage on success, none for an error
     answer (it refused or failed the call), the full reservation when usage is missing."""
     if reply.status >= 300:
         return 0
-    usage = usage_from_headers(reply.headers) or usage_from_body(operation, reply.body)
     return reserved if usage is None else cost.charge(usage, burndown)
+
+
+def true_input(usage: cost.Usage) -> int:
+    """Every input token Bedrock counted, cached or not: what the estimate stands for."""
+    return usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
 
 
 def _vendor(model: ModelSpec) -> str:
@@ -97,13 +111,15 @@ def _vendor(model: ModelSpec) -> str:
 class Calls:
     def __init__(
         self, catalog: Catalog, upstream: UpstreamClient, limiter: Limiter, queues: Queues,
-        attempts: Attempts, *, fallback_allowed: dict[str, bool], clock: Any,
+        attempts: Attempts, calibrations: Calibrations, *, fallback_allowed: dict[str, bool],
+        clock: Any,
     ) -> None:  # fmt: skip
         self._catalog = catalog
         self._upstream = upstream
         self._limiter = limiter
         self._queues = queues
         self._attempts = attempts
+        self._calibrations = calibrations
         self._fallback_allowed = fallback_allowed
         self._clock = clock
 
@@ -135,10 +151,15 @@ class Calls:
 
     async def _run_model(self, call: Call, target: Target, budget_s: float) -> Answer:
         model = target.model
-        estimate = cost.estimate(
-            call.operation, call.document, default_max_tokens=model.max_output_tokens
-        )
+        raw = cost.estimate(call.operation, call.document,
+                            default_max_tokens=model.max_output_tokens)  # fmt: skip
+        key = (model.name, family(call.operation))
+        scaled = calibration.scale(raw.input_tokens, self._calibrations.factor(key))
+        estimate = cost.Estimate(scaled, raw.max_output_tokens)
         reserved = cost.reservation(estimate, model.output_burndown)
+
+        def observe(usage: cost.Usage) -> None:
+            self._calibrations.observe(key, raw.input_tokens, true_input(usage))
 
         async def admit(routes: tuple[Route, ...], wait_s: float, number: int) -> Ticket:
             member = call.request_id if number == 1 else f"{call.request_id}.{number}"
@@ -154,10 +175,10 @@ class Calls:
             if call.operation in STREAM_OPERATIONS:
                 stream = StreamCall(ticket, call.operation, call.body, call.body_sha256,
                                     dict(call.upstream_headers), estimate, model.output_burndown,
-                                    ours)  # fmt: skip
+                                    ours, observe)  # fmt: skip
                 return await forward_stream(self._upstream, self._limiter, stream, call.receive,
                                             call.send)  # fmt: skip
-            reply = await self._forward(call, ticket, model)
+            reply = await self._forward(call, ticket, model, observe)
             reply.headers.extend(ours)
             return reply.status, reply.headers, reply.body
 
@@ -166,7 +187,9 @@ class Calls:
         answer, _ = await self._attempts.run(first, target.routes, call.deadline, attempt, admit)
         return answer
 
-    async def _forward(self, call: Call, ticket: Ticket, model: ModelSpec) -> UpstreamResponse:
+    async def _forward(
+        self, call: Call, ticket: Ticket, model: ModelSpec, observe: Callable[[cost.Usage], None]
+    ) -> UpstreamResponse:
         """Call upstream and settle the ticket exactly once, whatever happens."""
         actual = ticket.reserved  # an unknown outcome keeps the full reservation: the safe side
         try:
@@ -174,7 +197,10 @@ class Calls:
                 ticket.route, call.operation, call.body, call.body_sha256,
                 dict(call.upstream_headers),
             )  # fmt: skip
-            actual = charged(reply, call.operation, model.output_burndown, ticket.reserved)
+            usage = reported(reply, call.operation)
+            actual = charged(reply, usage, model.output_burndown, ticket.reserved)
+            if usage is not None:
+                observe(usage)
             return reply
         except NotSent:
             actual = 0

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.api.asgi import Headers, Receive, Send, until_disconnect
-from gateway.cost import Estimate
+from gateway.cost import Estimate, Usage
 from gateway.errors import GatewayError, InternalError, ServiceUnavailable
 from gateway.limiter.service import Limiter, Ticket
 from gateway.streamtap import StreamTap, exception_frame
@@ -41,6 +42,7 @@ class StreamCall:
     estimate: Estimate
     burndown: float
     reply_headers: Headers  # what the gateway adds to the answer (route taken, time queued)
+    observe: Callable[[Usage], None] | None = None  # told the usage the stream reported
 
 
 async def forward_stream(
@@ -72,6 +74,9 @@ async def forward_stream(
             stream.close()
             if stream.status == 200:
                 actual = tap.settlement(call.estimate, call.burndown, ticket.reserved)
+                usage = tap.usage.usage()
+                if usage is not None and call.observe is not None:
+                    call.observe(usage)
         return None
     except NotSent:
         actual = 0

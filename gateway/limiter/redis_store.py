@@ -91,6 +91,7 @@ class RedisStore:
         self._settle = _Script("settle.lua", "common.lua")
         self._adapt = _Script("adapt.lua", "common.lua")
 
+        self._calibrate = _Script("calibrate.lua", "common.lua")
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> RedisStore:
         return cls(Pipe(parse_redis_url(url), timeout_s))
@@ -143,6 +144,27 @@ class RedisStore:
 
     async def close(self) -> None:
         self._pipe.close()
+    async def calibrate(
+        self, keys: list[str], pending: list[dict[int, int]], slot_ms: int, retain_slots: int,
+        now_ms: int | None = None,
+    ) -> tuple[int, list[dict[int, dict[int, int]]]]:  # fmt: skip
+        """Add ``pending`` ({bin: count}, one per key) to the current slot of each key's
+        calibration histogram; the current slot and every histogram after it."""
+        args: list[Any] = ["" if now_ms is None else now_ms, slot_ms, retain_slots]
+        for bins in pending:
+            args.append(len(bins))
+            for bin_, count in bins.items():
+                args += (bin_, count)
+        reply = await self._call(self._calibrate, keys, args)
+        histograms = []
+        for flat in reply[1:]:
+            histogram: dict[int, dict[int, int]] = {}
+            for field, value in zip(flat[::2], flat[1::2], strict=True):
+                slot, bin_ = field.split(b":")
+                histogram.setdefault(int(slot), {})[int(bin_)] = int(value)
+            histograms.append(histogram)
+        return int(reply[0]), histograms
+
 
     async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
         try:
