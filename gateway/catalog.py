@@ -3,7 +3,7 @@
 A client may name a model by its alias in the config, its Bedrock model id, an inference
 profile id (``us.…``, ``global.…``) or an ARN. Aliases and model ids mean every route of the
 model, in order; a profile id or ARN means only the routes that call exactly that resource,
-so the request draws on the quota pool that id belongs to (BEDROCK.md §5).
+so the request draws on the quota pool that id belongs to (docs/bedrock.md §5).
 """
 
 from __future__ import annotations

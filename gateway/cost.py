@@ -1,5 +1,5 @@
 """Token cost of one request: the input estimate and output cap reserved before forwarding, and
-the quota a reservation and a reported usage each cost under BEDROCK.md §4 (reserve input +
+the quota a reservation and a reported usage each cost under docs/bedrock.md §4 (reserve input +
 max_tokens × burndown, settle input + cacheWrite + output × burndown). usage.py reads usage."""
 
 from __future__ import annotations

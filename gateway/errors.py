@@ -1,7 +1,7 @@
 """The gateway's error family and its rendering in Bedrock's wire shape.
 
 Every failure the data plane reports is a ``GatewayError``. Each subclass names the Bedrock
-error shape it is rendered as (BEDROCK.md §2), its HTTP status and whether a client may retry.
+error shape it is rendered as (docs/bedrock.md §2), its HTTP status and whether a client may retry.
 Rendering gives what boto3 needs to raise its own exception class: the status, an
 ``x-amzn-ErrorType`` header, an ``x-amzn-RequestId`` and a JSON ``{"message": ...}`` body.
 

@@ -1,4 +1,4 @@
-"""AWS event-stream framing (``application/vnd.amazon.eventstream``, BEDROCK.md §3).
+"""AWS event-stream framing (``application/vnd.amazon.eventstream``, docs/bedrock.md §3).
 
 Pure, no I/O: ``encode_message`` builds one frame; ``EventStreamDecoder`` takes bytes as they
 arrive and yields complete ``Message``s, checking both CRCs and the size limits like

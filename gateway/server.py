@@ -2,7 +2,7 @@
 
 ``server.http: auto`` serves HTTP/1.1 and HTTP/2 on the same port with granian: cleartext
 HTTP/2 with prior knowledge on ``http://`` and ALPN ``h2`` over TLS, which the AWS SDK for
-JavaScript v3 needs (it speaks only HTTP/2 by default, BEDROCK.md §8). ``server.http: h1``
+JavaScript v3 needs (it speaks only HTTP/2 by default, docs/bedrock.md §8). ``server.http: h1``
 serves HTTP/1.1 only, with uvicorn. docs/benchmarks.md compares the two.
 """
 

@@ -2,7 +2,7 @@
 
 Pure: no I/O, no clock (callers pass ``now``). One canonical-request builder serves both
 directions, mirroring botocore's ``SigV4Auth`` for non-S3 services, including the second
-percent-encoding of the already-encoded path (BEDROCK.md §1).
+percent-encoding of the already-encoded path (docs/bedrock.md §1).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from gateway.usage import StreamUsage
 
 STREAM_OPERATIONS = frozenset({"invoke-with-response-stream", "converse-stream"})
 
-# The lowerCamel union member each error is sent as mid-stream (BEDROCK.md §2, §3): botocore
+# The lowerCamel union member each error is sent as mid-stream (docs/bedrock.md §2, §3): botocore
 # reads the member name as the error code; a capitalised shape name would give an empty code.
 _STREAM_TYPES = {
     "ThrottlingException": "throttlingException",

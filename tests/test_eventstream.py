@@ -50,7 +50,7 @@ def frame(header_block: bytes, payload: bytes) -> bytes:
 
 
 def reference_encode(headers: dict[str, str], payload: bytes) -> bytes:
-    """The sketch in BEDROCK.md §3, byte-identical to smithy's encoder there."""
+    """The sketch in docs/bedrock.md §3, byte-identical to smithy's encoder there."""
 
     def h(name: str, value: str) -> bytes:
         n, v = name.encode(), value.encode()

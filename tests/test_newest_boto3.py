@@ -1,7 +1,7 @@
 """The newest boto3 generation (botocore >= 1.44, tests/clients/requirements.txt) against the
 gateway, in a virtual environment of its own: a service on today's SDK, unmodified.
 
-botocore 1.44 changed what a gateway meets (../shared/BEDROCK.md §0, §2, §6): standard retries
+botocore 1.44 changed what a gateway meets (docs/bedrock.md §0, §2, §6): standard retries
 by default (3 attempts), ``x-amz-retry-after`` honoured, bearer tokens refused over plain http.
 The venv is made once under ``.venv/clients`` (pip from PyPI) and reused.
 """

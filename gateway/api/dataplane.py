@@ -75,7 +75,7 @@ def parse_target(raw_path: bytes) -> tuple[str, str]:
     """``/model/<encoded id>/<operation>`` → (operation, decoded model id).
 
     The id is taken from the raw path and split at the last ``/``: ARNs carry an encoded ``/``
-    that a decoded path would split on (BEDROCK.md §1).
+    that a decoded path would split on (docs/bedrock.md §1).
     """
     rest = raw_path[len(b"/model/") :]
     cut = rest.rfind(b"/")

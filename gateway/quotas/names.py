@@ -1,4 +1,4 @@
-"""Bedrock quota names (BEDROCK.md §7): what a ``QuotaName`` limits, and which model id its
+"""Bedrock quota names (docs/bedrock.md §7): what a ``QuotaName`` limits, and which model id its
 display name means. Pure: strings in, values out.
 
 A quota names its model by display name (``Anthropic Claude 3.5 Sonnet V2``), not by id

@@ -2,7 +2,7 @@
 route should carry, how that differs from the file, and a text rendering. Pure.
 
 A route draws on the quota rows of its (account, source region, scope, base model)
-(BEDROCK.md §5): on-demand routes on ``On-demand …``, ``us.``/``eu.`` profiles on
+(docs/bedrock.md §5): on-demand routes on ``On-demand …``, ``us.``/``eu.`` profiles on
 ``Cross-Region …``, ``global.`` profiles on ``Global cross-Region …``. The daily row without
 a scope (``Model invocation max tokens per day for …``) applies to every route of the model
 that has no scope-specific daily row; only when its name says ``(doubled for cross-region

@@ -8,7 +8,7 @@ from gateway.errors import Headers
 
 __all__ = ["MAX_BODY", "ClientDisconnected", "Receive", "Scope", "Send", "read_body"]
 
-MAX_BODY = 25_000_000  # InvokeModel's modelled body limit (BEDROCK.md §1)
+MAX_BODY = 25_000_000  # InvokeModel's modelled body limit (docs/bedrock.md §1)
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

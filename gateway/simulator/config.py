@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.simulator.quota import Limits, Mode
 
-# Bedrock charges output at 5x for these (BEDROCK.md §4); everything else is 1:1.
+# Bedrock charges output at 5x for these (docs/bedrock.md §4); everything else is 1:1.
 DEFAULT_BURNDOWN: dict[str, int] = {
     "claude-3-7-sonnet": 5,
     "claude-sonnet-4": 5,
@@ -49,7 +49,7 @@ class PoolOverride(_Frozen):
 
 
 class ServiceQuotaEntry(_Frozen):
-    """One row the Service Quotas stand-in lists for ServiceCode ``bedrock`` (BEDROCK.md §7).
+    """One row the Service Quotas stand-in lists for ServiceCode ``bedrock`` (docs/bedrock.md §7).
 
     ``region`` absent: the row exists in every region; a row for one region beats a region-less
     row of the same name. ``quota_code`` absent: ``L-`` + 8 hex digits derived from the name.

@@ -1,7 +1,7 @@
 """The frames of a simulated streaming answer, in order, each with the wait before it.
 
 Anthropic Messages chunks for InvokeModelWithResponseStream, Converse events for
-ConverseStream (BEDROCK.md §3), and the injected faults. Pure: time comes in as a function.
+ConverseStream (docs/bedrock.md §3), and the injected faults. Pure: time comes in as a function.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A stand-in for the Service Quotas API (AWS JSON 1.1, ``POST /`` + ``X-Amz-Target``), enough
-for ``list_service_quotas(ServiceCode="bedrock")`` and its boto3 paginator (BEDROCK.md §7).
+for ``list_service_quotas(ServiceCode="bedrock")`` and its boto3 paginator (docs/bedrock.md §7).
 
 Rows come from ``SimulatorConfig.service_quotas``; the region is the SigV4 credential scope's,
 as for Bedrock calls. Errors use the JSON protocol's ``{"__type", "message"}`` shape.

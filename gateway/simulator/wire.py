@@ -19,7 +19,7 @@ THROTTLE_MESSAGES = {
 
 class BedrockThrottling(GatewayError):
     """Bedrock's own 429. Unlike the gateway's ``Throttled`` it carries no retry hint:
-    real Bedrock sends none (BEDROCK.md §2)."""
+    real Bedrock sends none (docs/bedrock.md §2)."""
 
     error_type = "ThrottlingException"
     status = 429
