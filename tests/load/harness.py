@@ -110,14 +110,17 @@ def _ready(process: Process, path: str) -> bool:
 
 
 def simulator_settings(
-    port: int, *, mode: str, tpm: int, ttft_ms: float = 50.0, token_ms: float = 0.2
-) -> dict[str, Any]:
+    port: int, *, mode: str, tpm: int, ttft_ms: float = 50.0, token_ms: float = 0.2,
+    counting: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``counting``: how the simulator's input counts stray from its tokenizer's (scale …)."""
     return {
         "host": "127.0.0.1",
         "port": port,
         "mode": mode,
         "default_quota": {"tpm": tpm},
         "latency": {"ttft_ms": ttft_ms, "per_output_token_ms": token_ms},
+        "counting": counting or {},
     }
 
 
@@ -187,9 +190,12 @@ class Launcher:
         path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
         return path
 
-    def simulator(self, *, mode: str, tpm: int, **latency: float) -> Process:
+    def simulator(
+        self, *, mode: str, tpm: int, counting: dict[str, Any] | None = None, **latency: float
+    ) -> Process:
         port = free_port()
-        config = self._write("sim.yaml", simulator_settings(port, mode=mode, tpm=tpm, **latency))
+        settings = simulator_settings(port, mode=mode, tpm=tpm, counting=counting, **latency)
+        config = self._write("sim.yaml", settings)
         process = self._spawn("simulator", ["simulator", "--config", str(config),
                                             "--port", str(port), "--mode", mode], port)  # fmt: skip
         wait_until(partial(_ready, process, "/health"), 30, "simulator ready")
@@ -203,12 +209,14 @@ class Launcher:
         redis_url: str,
         tpm: int,
         queue: dict[str, Any] | None = None,
+        first: int = 0,
         **limiter: Any,
     ) -> list[Process]:
-        """``n`` replicas sharing one Redis (``limiter.replicas`` = n unless given)."""
+        """``n`` replicas sharing one Redis (``limiter.replicas`` = n unless given), numbered
+        from ``first`` (to add replicas to a running set)."""
         limiter.setdefault("replicas", n)
         started = []
-        for i in range(n):
+        for i in range(first, first + n):
             port = free_port()
             settings = gateway_settings(port, upstream_url=upstream_url, redis_url=redis_url,
                                         tpm=tpm, key=self.key, queue=queue, **limiter)  # fmt: skip
