@@ -21,6 +21,7 @@ def _load(path: str) -> GatewayConfig:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gateway.preflight import StartupError
     from gateway.server import serve
 
     config = _load(args.config)
@@ -31,6 +32,9 @@ def _serve(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
     try:
         serve(config, args.config)
+    except StartupError as exc:
+        print(f"bedrock-gateway: cannot start: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ConfigError as exc:
         print(f"bedrock-gateway: {exc}", file=sys.stderr)
         return 2

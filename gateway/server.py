@@ -11,9 +11,11 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
+from gateway import preflight
 from gateway.api.app import create_app
 from gateway.config import GatewayConfig
 
@@ -77,12 +79,23 @@ def _granian_logging() -> dict[str, Any]:
     return settings
 
 
+def _stop_quietly() -> None:
+    """uvicorn re-raises the SIGTERM / SIGINT it handled once its graceful stop is done, with
+    the handlers that were installed before it: make those a no-op, so a drained gateway exits
+    0 (a stop that was asked for is not a failure) instead of dying of the signal."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+
+
 def serve(config: GatewayConfig, config_path: str) -> None:
-    """Serve until SIGINT/SIGTERM. Raises ``ConfigError`` for a config that cannot start."""
+    """Serve until SIGINT/SIGTERM. Raises ``ConfigError`` for a config that cannot start and
+    ``StartupError`` for what the start-up checks find (gateway/preflight.py)."""
     configure_logging()
+    preflight.run(config)
     create_app(config)  # fail here, with a clear message, on a missing secret or Redis URL
     if config.server.http == "auto" or config.server.workers > 1:
         os.environ["GATEWAY_CONFIG"] = os.path.abspath(config_path)
+    _stop_quietly()
     if config.server.http == "auto":
         from granian.server import Server
 
