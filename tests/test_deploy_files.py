@@ -59,6 +59,39 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Each build stage's instructions (its FROM first), by stage name (``FROM … AS name``)."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "FROM":
+            words = rest.split()
+            assert len(words) == 3, f"FROM {rest}: name every stage (FROM image AS name)"
+            assert words[1].upper() == "AS"
+            current = stages.setdefault(words[2], [])
+        if current is not None:
+            current.append((keyword, rest))
+    return stages
+
+
+def copy_sources(instructions: list[tuple[str, str]]) -> set[str]:
+    """What the COPY/ADD instructions take from the build context (not from other stages)."""
+    sources: set[str] = set()
+    for keyword, rest in instructions:
+        if keyword in {"COPY", "ADD"}:
+            words = rest.split()
+            if any(word.startswith("--from=") for word in words):
+                continue
+            sources.update(w.rstrip("/") for w in words[:-1] if not w.startswith("--"))
+    return sources
+
+
+def run_mount_stage(run: str) -> str | None:
+    """The stage a ``RUN --mount=type=bind,from=STAGE,…`` reads from."""
+    match = re.search(r"--mount=\S*\bfrom=([\w.-]+)", run)
+    return match.group(1) if match else None
+
+
 def final_stage() -> list[tuple[str, str]]:
     instructions = dockerfile_instructions()
     last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
@@ -259,6 +292,35 @@ def test_dockerfile_builds_a_wheel_and_installs_only_it() -> None:
     assert "[dev]" not in all_runs, "no dev extras in the image"
     copies = [rest for kw, rest in final_stage() if kw in {"COPY", "ADD"}]
     assert not any("gateway" in rest.split() for rest in copies), "no source tree in the image"
+
+
+def test_dockerfile_installs_dependencies_before_the_source_is_copied() -> None:
+    # The dependency layers are cached: built from pyproject.toml alone, installed in a layer of
+    # their own before the layer holding the gateway, so editing gateway/ reuses them.
+    stages = dockerfile_stages()
+    assert list(stages)[-1] == "runtime"
+    deps = [
+        name
+        for name, body in stages.items()
+        if any(kw == "RUN" and "pip wheel" in rest and " -r " in rest for kw, rest in body)
+    ]
+    assert len(deps) == 1, "one stage builds the dependencies' wheels from a requirements file"
+    assert copy_sources(stages[deps[0]]) == {"pyproject.toml"}, "dependencies from pyproject only"
+    assert stages[deps[0]][0][1].split()[0] == "${PYTHON_IMAGE}", "not built on a stage with source"
+    sources = [name for name, body in stages.items() if "gateway" in copy_sources(body)]
+    assert len(sources) == 1
+    assert sources[0] != deps[0]
+    runtime = stages["runtime"]
+    assert not copy_sources(runtime), "the runtime stage copies nothing from the context"
+    installs = [
+        (i, rest) for i, (kw, rest) in enumerate(runtime) if kw == "RUN" and "pip install" in rest
+    ]
+    from_deps = [i for i, rest in installs if run_mount_stage(rest) == deps[0]]
+    from_source = [i for i, rest in installs if run_mount_stage(rest) == sources[0]]
+    assert len(from_deps) == len(from_source) == 1
+    assert from_deps[0] < from_source[0], "dependencies are installed before the gateway"
+    assert "--no-deps" in runtime[from_source[0]][1], "the gateway's layer holds only the gateway"
+    assert " -r " in runtime[from_deps[0]][1]
 
 
 def test_dockerfile_runs_as_non_root() -> None:
