@@ -269,6 +269,35 @@ class TenantConfig(_Frozen):
         return v
 
 
+class MetricsConfig(_Frozen):
+    """Prometheus metrics at ``/metrics`` (docs/operations.md)."""
+
+    token_sha256: list[str] = []
+    """SHA-256 (hex) of each scrape token; when set, ``/metrics`` needs ``Authorization:
+    Bearer <token>`` (Prometheus ``authorization.credentials_file``). None: open."""
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """Serve ``/metrics`` on this port of ``server.host`` instead of the data-plane port (which
+    then answers 404 there); keep it off the clients' network. One worker per container."""
+    tenant_labels: bool = True
+    """Off: every ``tenant`` label is empty, so no tenant name reaches the metrics."""
+    refresh_s: Annotated[float, Field(ge=1, le=300)] = 5.0
+    """How often pool and tenant-budget usage gauges are read from the store (in the
+    background, never on a request)."""
+
+    @field_validator("token_sha256", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex_digests(cls, v: list[str]) -> list[str]:
+        for digest in v:
+            if not _SHA256_HEX.match(digest):
+                raise ValueError("token_sha256 must be 64 lower-case hex characters")
+        return v
+
+
 class AdminConfig(_Frozen):
     """The admin API's own credential: ``Authorization: Bearer <admin key>``."""
 
@@ -288,6 +317,7 @@ class GatewayConfig(_Frozen):
     queue: QueueConfig = QueueConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     admin: AdminConfig = AdminConfig()
+    metrics: MetricsConfig = MetricsConfig()
     accounts: dict[str, AccountConfig]
     models: dict[str, ModelConfig]
     tenants: dict[str, TenantConfig] = {}

@@ -255,6 +255,6 @@ def test_health_and_metrics(gateway: ServerThread, client: Any) -> None:
     _converse(client)
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert (
-        'gateway_requests_total{model="claude-sonnet",operation="Converse",status="200",'
-        'tenant="team-a"}' in metrics
+        'gateway_requests_total{model="claude-sonnet",operation="Converse",outcome="success",'
+        f'route="test/us-east-1/{SONNET}",tenant="team-a"}}' in metrics
     )

@@ -141,7 +141,9 @@ def test_the_gateway_learns_a_lower_real_quota(
     metrics = httpx.get(f"{url}/metrics").text
     assert "gateway_upstream_throttles_total{" in metrics
     factor_lines = [
-        ln for ln in metrics.splitlines() if ln.startswith("gateway_pool_quota_factor{")
+        ln
+        for ln in metrics.splitlines()
+        if ln.startswith("gateway_pool_quota_factor{") and f"/on-demand/{HAIKU}" in ln
     ]
     assert factor_lines
     assert float(factor_lines[0].rsplit(" ", 1)[1]) < 0.75

@@ -27,6 +27,7 @@ from gateway.api.asgi import Receive, Scope, Send
 from gateway.api.attempts import Attempts
 from gateway.api.calls import Calls
 from gateway.api.dataplane import DataPlane
+from gateway.api.observability import Observability, observability, shared_redis, upstream_health
 from gateway.auth import Authenticator
 from gateway.catalog import Catalog, Route
 from gateway.config import ConfigError, GatewayConfig, LimiterConfig, load_config
@@ -48,7 +49,8 @@ from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics
 from gateway.queueing.dispatcher import Queues
 from gateway.retry import RetryPolicy
-from gateway.upstream.client import UpstreamClient
+from gateway.storewatch import TimedStore
+from gateway.upstream.client import Fanout, UpstreamClient
 from gateway.upstream.credentials import CredentialSource, open_source
 
 
@@ -99,7 +101,7 @@ def open_store(
         raise ConfigError(f"limiter.redis_url_env: environment variable {config.redis_url_env} "
                           f"is not set")  # fmt: skip
     return FailoverStore(
-        RedisStore.from_url(url, config.timeout_s),
+        TimedStore(RedisStore.from_url(url, config.timeout_s), metrics.store_call),
         mode=config.on_store_failure,
         replicas=config.replicas,
         retry_after_s=config.retry_store_after_s,
@@ -118,7 +120,7 @@ async def limiter_state(store: FailoverStore | Store, on_failure: str) -> str:
 
 
 def _control_app(
-    config: GatewayConfig, metrics: Metrics, parts: Parts, environ: Mapping[str, str]
+    config: GatewayConfig, obs: Observability, parts: Parts, environ: Mapping[str, str]
 ) -> FastAPI:
     ready: dict[str, str] = {"credentials": "starting"}
 
@@ -136,9 +138,11 @@ def _control_app(
         with contextlib.suppress(StoreUnavailable, TimeoutError):
             await asyncio.wait_for(parts.calibrations.refresh(), config.limiter.timeout_s * 4)
         parts.calibrations.start()
+        obs.start()
         try:
             yield
         finally:
+            await obs.close()
             await parts.queues.close()  # anyone still waiting gets an answer now
             await parts.calibrations.close()
             await parts.learned.close()
@@ -168,14 +172,13 @@ def _control_app(
     @app.get("/health/ready")
     async def is_ready() -> JSONResponse:
         ready["limiter"] = await limiter_state(parts.store, config.limiter.on_store_failure)
+        ready["upstream"] = await obs.health.state()
         ok = all(state == "ok" or state.startswith("degraded") for state in ready.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "components": ready},
                             status_code=200 if ok else 503)  # fmt: skip
 
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
+    if obs.on_main_port:  # else on metrics.port (docs/operations.md)
+        app.add_api_route("/metrics", obs.scrape, methods=["GET"])
 
     @app.exception_handler(GatewayError)
     async def gateway_error(_: Request, exc: GatewayError) -> Response:
@@ -199,9 +202,11 @@ def create_app(
 ) -> GatewayApp:
     """Build the gateway for ``config``. Raises ``ConfigError`` for missing secrets."""
     environ = os.environ if environ is None else environ
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(tenant_labels=config.metrics.tenant_labels)
+    health = upstream_health(config, Catalog(config.models))
     credentials = _Credentials()
-    upstream = UpstreamClient(config.upstream, config.accounts, credentials, wall_clock)
+    upstream = UpstreamClient(config.upstream, config.accounts, credentials, wall_clock,
+                              listener=Fanout(metrics, health))  # fmt: skip
     store = open_store(config.limiter, environ, metrics)
     limiter = Limiter(config.limiter, config.tenants, store, metrics)
     queues = Queues(
@@ -217,21 +222,21 @@ def create_app(
     learned = _learned_quotas(config.limiter, store, metrics)
     limiter.learned = learned.factor
 
-    def upstream_throttled(route: Route) -> None:
-        metrics.upstream_throttled(route)
+    def upstream_throttled(route: Route) -> None:  # counted by the upstream client itself
         learned.throttled(limiter.pool_of(route), limiter.tpm_window(route))
 
     upstream_config = config.upstream
     attempts = Attempts(
         RetryPolicy(upstream_config.max_attempts, upstream_config.retry_base_s,
                     upstream_config.retry_cap_s),
-        on_throttled=upstream_throttled,
+        on_throttled=upstream_throttled, on_retry=metrics.retried,
     )  # fmt: skip
     catalog = Catalog(config.models)
     calibrations = _calibrations(config, store, metrics)
     calls = Calls(
         catalog, upstream, limiter, queues, attempts, calibrations, clock=time.monotonic,
         fallback_allowed={name: t.allow_fallback for name, t in config.tenants.items()},
+        metrics=metrics,
     )  # fmt: skip
     dataplane = DataPlane(
         catalog=catalog,
@@ -245,12 +250,12 @@ def create_app(
         default_wait_s=config.queue.max_wait_s,
     )
     parts = Parts(catalog, credentials, upstream, store, limiter, queues, learned, calibrations)
-    return GatewayApp(dataplane, _control_app(config, metrics, parts, environ))
+    obs = observability(config, catalog, store, limiter, learned, metrics, health)
+    return GatewayApp(dataplane, _control_app(config, obs, parts, environ))
 
 
 def _shared(store: FailoverStore | Store) -> RedisStore | None:
-    primary = store.primary if isinstance(store, FailoverStore) else store
-    return primary if isinstance(primary, RedisStore) else None
+    return shared_redis(store)
 
 
 def _calibrations(
@@ -279,14 +284,8 @@ def _learned_quotas(
     aimd = Aimd(config.learn_decrease, config.learn_recovery_per_s, config.learn_floor,
                 config.learn_cooldown_s, config.learn_target, config.learn_hold_s)  # fmt: skip
     local_use = primary.used if isinstance(primary, MemoryStore) else None
-    learned: LearnedQuotas
-
-    def changed(pool: str, factor: float) -> None:
-        metrics.watch_quota(pool, lambda: learned.factor(pool))
-
-    learned = LearnedQuotas(aimd, shared, f"{{{config.key_prefix}}}:adapt", local_use=local_use,
-                            on_change=changed)  # fmt: skip
-    return learned
+    # the metrics read each pool's factor on scrape (gateway.api.observability)
+    return LearnedQuotas(aimd, shared, f"{{{config.key_prefix}}}:adapt", local_use=local_use)
 
 
 def app_from_env() -> GatewayApp:

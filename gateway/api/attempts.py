@@ -46,10 +46,12 @@ class Attempts:
     clock: Callable[[], float] = time.monotonic
     draw: Callable[[], float] = field(default=random.random)
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    on_retry: Callable[[str, Route, str], None] = lambda model, route, reason: None
+    """Told of every retry: the model, the route that failed and why (the retries metric)."""
 
     async def run(
         self, ticket: Ticket, routes: tuple[Route, ...], deadline: float,
-        attempt: Attempt, readmit: Readmit,
+        attempt: Attempt, readmit: Readmit, model: str = "",
     ) -> tuple[Answer, int]:  # fmt: skip
         """The final answer and the number of attempts made."""
         number = 1
@@ -79,4 +81,11 @@ class Attempts:
                 if failure is not None:
                     raise failure
                 return answer, number
+            self.on_retry(model, ticket.route, _reason(answer, failure))
             ticket, number = next_ticket, number + 1
+
+
+def _reason(answer: Answer, failure: ServiceUnavailable | None) -> str:
+    if failure is not None or answer is None:
+        return "connection"
+    return "throttled" if answer[0] == 429 else "upstream_5xx"

@@ -24,6 +24,7 @@ from gateway.errors import Throttled
 from gateway.limiter.calibrating import Calibrations, family
 from gateway.limiter.core import Kind, Period
 from gateway.limiter.service import Limiter, Ticket
+from gateway.metrics import Metrics
 from gateway.queueing.dispatcher import Queues
 from gateway.streamtap import STREAM_OPERATIONS
 from gateway.upstream.client import NotSent, UpstreamClient, UpstreamResponse
@@ -51,6 +52,14 @@ class Call:
     send: Send
     queued_s: float = 0.0
     answered_by: str = field(default="")
+    route: str = "none"
+    """The label of the route that answered (the last one tried)."""
+    outside_s: float = 0.0
+    """Seconds spent upstream (or relaying a stream), queued and backing off: not overhead."""
+
+    @property
+    def priority(self) -> str:
+        return "batch" if self.batch else "interactive"
 
 
 def gateway_headers(ticket: Ticket, model: str, queued_s: float, attempts: int) -> Headers:
@@ -112,7 +121,7 @@ class Calls:
     def __init__(
         self, catalog: Catalog, upstream: UpstreamClient, limiter: Limiter, queues: Queues,
         attempts: Attempts, calibrations: Calibrations, *, fallback_allowed: dict[str, bool],
-        clock: Any,
+        clock: Any, metrics: Metrics,
     ) -> None:  # fmt: skip
         self._catalog = catalog
         self._upstream = upstream
@@ -122,6 +131,7 @@ class Calls:
         self._calibrations = calibrations
         self._fallback_allowed = fallback_allowed
         self._clock = clock
+        self._metrics = metrics
 
     def candidates(self, call: Call, target: Target) -> list[Target]:
         """The requested model, then the fallbacks this call may use, in order."""
@@ -142,6 +152,8 @@ class Calls:
             left = call.deadline - self._clock()
             last = index == len(options) - 1
             budget = left if last else max(0.0, left - min(FALLBACK_RESERVE_S, left / 2))
+            if index:
+                self._metrics.fell_back(target.model.name, option.model.name)
             try:
                 return await self._run_model(call, option, budget)
             except Throttled:
@@ -160,31 +172,49 @@ class Calls:
 
         def observe(usage: cost.Usage) -> None:
             self._calibrations.observe(key, raw.input_tokens, true_input(usage))
+            self._metrics.used_tokens(call.tenant.name, model.name, usage,
+                                      cost.charge(usage, model.output_burndown))  # fmt: skip
+
+        ended = 0.0  # when the last attempt ended: the backoff before a retry is not overhead
 
         async def admit(routes: tuple[Route, ...], wait_s: float, number: int) -> Ticket:
             member = call.request_id if number == 1 else f"{call.request_id}.{number}"
+            if number > 1:
+                call.outside_s += self._clock() - ended
             ticket, queued_s = await self._queues.admit(
                 member, call.tenant.name, model.name, routes, reserved,
                 max_wait_s=wait_s, batch=call.batch,
             )  # fmt: skip
             call.queued_s += queued_s
+            call.outside_s += queued_s
+            self._metrics.waited(model.name, call.priority, queued_s)
             return ticket
 
         async def attempt(ticket: Ticket, number: int) -> Answer:
+            nonlocal ended
+            call.route = ticket.route.label
             ours = gateway_headers(ticket, model.name, call.queued_s, number)
-            if call.operation in STREAM_OPERATIONS:
-                stream = StreamCall(ticket, call.operation, call.body, call.body_sha256,
-                                    dict(call.upstream_headers), estimate, model.output_burndown,
-                                    ours, observe)  # fmt: skip
-                return await forward_stream(self._upstream, self._limiter, stream, call.receive,
-                                            call.send)  # fmt: skip
-            reply = await self._forward(call, ticket, model, observe)
-            reply.headers.extend(ours)
-            return reply.status, reply.headers, reply.body
+            try:
+                if call.operation in STREAM_OPERATIONS:
+                    stream = StreamCall(ticket, call.operation, call.body, call.body_sha256,
+                                        dict(call.upstream_headers), estimate,
+                                        model.output_burndown, ours, observe)  # fmt: skip
+                    started = self._clock()
+                    try:
+                        return await forward_stream(self._upstream, self._limiter, stream,
+                                                    call.receive, call.send)  # fmt: skip
+                    finally:
+                        call.outside_s += self._clock() - started
+                reply = await self._forward(call, ticket, model, observe)
+                reply.headers.extend(ours)
+                return reply.status, reply.headers, reply.body
+            finally:
+                ended = self._clock()
 
         first = await admit(target.routes, budget_s, 1)
         call.answered_by = model.name
-        answer, _ = await self._attempts.run(first, target.routes, call.deadline, attempt, admit)
+        answer, _ = await self._attempts.run(first, target.routes, call.deadline, attempt, admit,
+                                             model.name)  # fmt: skip
         return answer
 
     async def _forward(
@@ -192,11 +222,15 @@ class Calls:
     ) -> UpstreamResponse:
         """Call upstream and settle the ticket exactly once, whatever happens."""
         actual = ticket.reserved  # an unknown outcome keeps the full reservation: the safe side
+        started = self._clock()
         try:
-            reply = await self._upstream.call(
-                ticket.route, call.operation, call.body, call.body_sha256,
-                dict(call.upstream_headers),
-            )  # fmt: skip
+            try:
+                reply = await self._upstream.call(
+                    ticket.route, call.operation, call.body, call.body_sha256,
+                    dict(call.upstream_headers),
+                )  # fmt: skip
+            finally:
+                call.outside_s += self._clock() - started
             usage = reported(reply, call.operation)
             actual = charged(reply, usage, model.output_burndown, ticket.reserved)
             if usage is not None:

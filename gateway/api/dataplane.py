@@ -38,7 +38,9 @@ from gateway.errors import (
     AccessDenied,
     GatewayError,
     InternalError,
+    ModelTimeout,
     ServiceUnavailable,
+    Throttled,
     UnknownOperation,
     ValidationError,
     new_request_id,
@@ -57,6 +59,29 @@ OPERATIONS = {
     "count-tokens": "CountTokens",
 }
 _FORWARDED_PREFIX = b"x-amzn-bedrock-"
+_ERROR_OUTCOMES: tuple[tuple[type[GatewayError], str], ...] = (
+    (Throttled, "throttled"), (AccessDenied, "denied"), (ValidationError, "invalid"),
+    (UnknownOperation, "invalid"), (ModelTimeout, "upstream_timeout"),
+    (ServiceUnavailable, "unavailable"),
+)  # fmt: skip
+_UPSTREAM_OUTCOMES = {403: "denied", 408: "upstream_timeout", 429: "upstream_throttled"}
+
+
+def error_outcome(error: GatewayError) -> str:
+    """The ``outcome`` label of an error the gateway answered itself."""
+    for kind, outcome in _ERROR_OUTCOMES:
+        if isinstance(error, kind):
+            return outcome
+    return "error"
+
+
+def upstream_outcome(status: int) -> str:
+    """The ``outcome`` label of an answer Bedrock gave."""
+    if status < 300:
+        return "success"
+    if status >= 500:
+        return "upstream_error"
+    return _UPSTREAM_OUTCOMES.get(status, "invalid")
 
 
 @dataclass(slots=True)
@@ -169,9 +194,14 @@ class DataPlane:
             raise
         except GatewayError as exc:
             reply = render(exc, request_id)
+            outcome.kind = error_outcome(exc)
+            if isinstance(exc, Throttled):  # the one place a local refusal is counted
+                self._metrics.refused(outcome.tenant, outcome.model, outcome.priority,
+                                      exc.message)  # fmt: skip
         except Exception:
             log.exception("unhandled error in request %s", request_id)
             reply = render(InternalError("The gateway failed to process the request."), request_id)
+            outcome.kind = "error"
         if reply is None:  # streamed: the response went out as it arrived
             status = 200
             outcome.streamed = True
@@ -179,9 +209,10 @@ class DataPlane:
             status, headers, body = reply
             await send_response(send, status, headers, body)
         elapsed = time.perf_counter() - started
-        self._metrics.requests.labels(outcome.operation, outcome.model, outcome.tenant,
-                                      str(status)).inc()  # fmt: skip
-        self._metrics.duration.labels(outcome.operation).observe(elapsed)
+        overhead = None if outcome.outside_s is None else elapsed - outcome.outside_s
+        self._metrics.request(outcome.tenant, outcome.model, outcome.route, outcome.operation,
+                              outcome.kind or upstream_outcome(status), elapsed,
+                              overhead)  # fmt: skip
         log.info("%s %s %s %s %d %.1fms", request_id, outcome.tenant, outcome.operation,
                  outcome.model, status, elapsed * 1000)  # fmt: skip
 
@@ -205,16 +236,19 @@ class DataPlane:
         target = self._authorize(caller, request.model_id)
         outcome.model = target.model.name
         if request.operation == "count-tokens":
-            return await self._count_tokens(target, request, body, body_sha256)
+            return await self._count_tokens(target, request, body, body_sha256, outcome)
         call = Call(
             request_id, caller.tenant, request.operation, _check_body(body), body, body_sha256,
             _upstream_headers(request), caller.tenant.batch or request.batch,
             time.monotonic() + self._max_wait_s(caller, request), receive, send,
         )  # fmt: skip
+        outcome.priority = "batch" if call.batch else "interactive"
         try:
             return await self._calls.run(call, target)
         finally:
             outcome.model = call.answered_by or outcome.model
+            outcome.route = call.route
+            outcome.outside_s = call.outside_s
 
     def _max_wait_s(self, caller: Caller, request: _Request) -> float:
         """The queue deadline: the tenant's cap (or the default), lowered by the request's ask."""
@@ -225,7 +259,7 @@ class DataPlane:
         return min(cap, request.max_wait_ms / 1000)
 
     async def _count_tokens(
-        self, target: Target, request: _Request, body: bytes, body_sha256: str
+        self, target: Target, request: _Request, body: bytes, body_sha256: str, outcome: _Outcome
     ) -> tuple[int, Headers, bytes]:
         """Pass CountTokens through on the model's first route, to the foundation model (the
         id CountTokens takes). Not admitted nor charged: it costs no quota on Bedrock.
@@ -235,6 +269,7 @@ class DataPlane:
         route = replace(target.routes[0], upstream_id=target.routes[0].base_model)
         headers = {"content-type": request.content_type}
         reply = await self._upstream.call(route, "count-tokens", body, body_sha256, headers)
+        outcome.route = route.label
         reply.headers.append((b"x-gateway-route", route.label.encode()))
         return reply.status, reply.headers, reply.body
 
@@ -256,4 +291,10 @@ class _Outcome:
     operation: str = "unknown"
     model: str = "unknown"
     tenant: str = "unknown"
+    route: str = "none"
+    priority: str = "interactive"
+    kind: str = ""
+    """The outcome label when the gateway answered itself; "" when Bedrock did."""
+    outside_s: float | None = None
+    """Seconds upstream, queued or backing off (None: no model call was made)."""
     streamed: bool = False

@@ -9,10 +9,12 @@ fraction of redis-py's CPU per call (docs/benchmarks.md). Its failures become
 from __future__ import annotations
 
 import hashlib
+import time
 from importlib import resources
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from gateway.limiter import core
 from gateway.limiter.adaptive import Aimd, State
 from gateway.limiter.core import Admitted, Bucket, Charge, Decision, Denied, Plan
 from gateway.limiter.resp import Address, ConnectionLost, Pipe, RespError
@@ -177,3 +179,19 @@ class RedisStore:
             return await self._pipe.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except ConnectionLost as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+
+    async def used(self, bucket: Bucket, now_ms: int | None = None) -> int:
+        """What a window or period bucket holds now, read without changing it (the metrics'
+        gauges; ``now_ms`` defaults to this process's clock, close enough for a gauge)."""
+        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        try:
+            reply = await self._pipe.call("HGETALL", bucket.key)
+        except ConnectionLost as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        assert isinstance(reply, list)
+        fields = dict(zip(reply[::2], reply[1::2], strict=True))
+        if bucket.kind == core.Kind.PERIOD:
+            current = fields.get(b"p") == str(core.period_of(now, bucket.a)).encode()
+            return int(fields.get(b"t", 0)) if current else 0
+        first = now // bucket.a - bucket.b + 1
+        return sum(int(v) for f, v in fields.items() if f.isdigit() and int(f) >= first)

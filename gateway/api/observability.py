@@ -1,0 +1,134 @@
+"""The operators' side of the app: ``/metrics`` (open, behind a scrape token, or on a port of
+its own), the gauges read off the request path, and the upstream's reachability for readiness.
+
+``create_app`` builds one ``Observability`` and hands its parts to whoever reports to them;
+the lifespan starts and closes it.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from gateway.auth import hash_key
+from gateway.catalog import Catalog
+from gateway.config import GatewayConfig, LimiterConfig
+from gateway.limiter.core import Bucket, Period, period_bucket, window_bucket
+from gateway.limiter.failover import FailoverStore, Store
+from gateway.limiter.learning import LearnedQuotas
+from gateway.limiter.memory import MemoryStore
+from gateway.limiter.redis_store import RedisStore
+from gateway.limiter.service import Limiter
+from gateway.metrics import Metrics, pool_name
+from gateway.storewatch import BucketUsage, TimedStore
+from gateway.upstream.client import base_url
+from gateway.upstream.health import UpstreamHealth
+
+
+def upstream_health(config: GatewayConfig, catalog: Catalog) -> UpstreamHealth:
+    """Reachability of every endpoint a configured route calls."""
+    return UpstreamHealth({
+        (r.account, r.region): base_url(config.accounts[r.account], r.region)
+        for target in catalog.targets() for r in target.routes
+    })  # fmt: skip
+
+
+def shared_redis(store: FailoverStore | Store) -> RedisStore | None:
+    """The Redis store behind ``store``, if that is what it is."""
+    primary = store.primary if isinstance(store, FailoverStore) else store
+    if isinstance(primary, TimedStore):
+        return primary.inner
+    return primary if isinstance(primary, RedisStore) else None
+
+
+class Observability:
+    def __init__(self, config: GatewayConfig, metrics: Metrics, health: UpstreamHealth,
+                 usage: BucketUsage) -> None:  # fmt: skip
+        self._config = config.metrics
+        self._host = config.server.host
+        self.metrics = metrics
+        self.health = health
+        self.usage = usage
+        self._server: Any = None
+
+    def start(self) -> None:
+        self.usage.start()
+        if self._config.port is not None:  # a thread of prometheus_client's own
+            from prometheus_client import start_http_server
+
+            self._server, _ = start_http_server(self._config.port, self._host,
+                                                registry=self.metrics.registry)  # fmt: skip
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        await self.usage.close()
+
+    @property
+    def on_main_port(self) -> bool:
+        return self._config.port is None
+
+    async def scrape(self, request: Request) -> Response:
+        """``GET /metrics`` on the data-plane port."""
+        digests = self._config.token_sha256
+        if digests and not _token_ok(request.headers.get("authorization", ""), digests):
+            return Response("a scrape token is needed\n", 401, {"www-authenticate": "Bearer"})
+        body, content_type = self.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+
+def observability(
+    config: GatewayConfig, catalog: Catalog, store: FailoverStore | Store, limiter: Limiter,
+    learned: LearnedQuotas, metrics: Metrics, health: UpstreamHealth,
+) -> Observability:  # fmt: skip
+    """The per-pool and per-tenant-budget gauges (usage read in the background), and the rest."""
+    shared = shared_redis(store)
+
+    async def read(bucket: Bucket) -> int:
+        if shared is not None:
+            return await shared.used(bucket)
+        return store.used(bucket) if isinstance(store, MemoryStore) else 0
+
+    usage = BucketUsage(read, config.metrics.refresh_s)
+    for target in catalog.targets():
+        for route in target.routes:
+            window, key = limiter.tpm_window(route), limiter.pool_of(route)
+            used = usage.watch(window) if window is not None else (lambda: 0)
+            metrics.watch_pool(pool_name(route), route.tpm, partial(learned.factor, key), used)
+    if config.metrics.tenant_labels:
+        for name, tenant in config.tenants.items():
+            limits = tenant.model_dump(include={"tpm", "tokens_per_day", "tokens_per_month"})
+            for budget, bucket in budget_buckets(config.limiter, name, limits):
+                metrics.watch_budget(name, budget, bucket.limit, usage.watch(bucket))
+    return Observability(config, metrics, health, usage)
+
+
+def budget_buckets(
+    config: LimiterConfig, tenant: str, limits: Mapping[str, int | None]
+) -> list[tuple[str, Bucket]]:
+    """A tenant's token budgets as the limiter keys them (``gateway.limiter.service``)."""
+    key = f"{{{config.key_prefix}}}:tenant:{tenant}"
+    found = []
+    if limits.get("tpm"):
+        found.append(("tpm", window_bucket(
+            f"{key}:tpm", limits["tpm"] or 0, window_ms=int(config.window_s * 1000),
+            slot_ms=config.slot_ms, margin_ms=config.margin_ms, label="")))  # fmt: skip
+    for budget, period in (("tokens_per_day", Period.DAY), ("tokens_per_month", Period.MONTH)):
+        if limits.get(budget):
+            found.append((budget, period_bucket(f"{key}:{budget}", limits[budget] or 0, period,
+                                                label="")))  # fmt: skip
+    return found
+
+
+def _token_ok(authorization: str, digests: list[str]) -> bool:
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    digest = hash_key(token.strip())
+    return any(hmac.compare_digest(digest, known) for known in digests)
