@@ -19,6 +19,9 @@ from gateway.calibration import CalibrationPolicy
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""Tenant ids: the ``tenants`` mapping keys, also part of Redis key names."""
 
 
 class ConfigError(Exception):
@@ -254,6 +257,22 @@ class TenantConfig(_Frozen):
     allow_fallback: bool = False
     """May its requests be answered by a model's configured ``fallback`` models when the
     requested one has no capacity in time? (The answer's x-gateway-model says which did.)"""
+    display_name: Annotated[str, Field(max_length=200)] | None = None
+    """A readable name for people (the mapping key is the tenant's id)."""
+    monthly_spend_usd: Annotated[float, Field(gt=0, le=1e9)] | None = None
+    """Budget: US dollars per UTC calendar month (stored and validated; not enforced yet)."""
+    labels: dict[str, Annotated[str, Field(max_length=256)]] = {}
+    """Free-form labels (team, cost centre), at most 32."""
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 32:
+            raise ValueError("at most 32 labels")
+        for name in v:
+            if not _LABEL.match(name):
+                raise ValueError(f"label name {name[:64]!r}: 1-63 letters, digits, '_', '-', '.'")
+        return v
 
     @field_validator("key_sha256", mode="before")
     @classmethod
@@ -266,6 +285,19 @@ class TenantConfig(_Frozen):
         for digest in v:
             if not _SHA256_HEX.match(digest):
                 raise ValueError("key_sha256 must be 64 lower-case hex characters")
+        return v
+
+
+class AdminKeyConfig(_Frozen):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+    """Who uses this key: the audit log records changes under this name."""
+    key_sha256: str
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digest(cls, v: str) -> str:
+        if not _SHA256_HEX.match(v):
+            raise ValueError("key_sha256 must be 64 lower-case hex characters")
         return v
 
 
@@ -299,15 +331,49 @@ class MetricsConfig(_Frozen):
 
 
 class AdminConfig(_Frozen):
-    """The admin API's own credential: ``Authorization: Bearer <admin key>``."""
+    """The admin API's own credential (``Authorization: Bearer <admin key>``) and where the
+    runtime-managed tenants live."""
 
     key_sha256: list[str] = []
-    """SHA-256 (hex) of each admin key; none means the admin API answers 403 to everyone."""
+    """SHA-256 (hex) of each admin key, audited as ``admin-1``, ``admin-2``, …; with ``keys``
+    empty too, the admin API answers 403 to everyone."""
+    keys: list[AdminKeyConfig] = []
+    """Named admin keys: ``{name, key_sha256}``; the audit log says which name made a change."""
+    secrets_key_env: str = "GATEWAY_SECRETS_KEY"
+    """Environment variable holding the Fernet key(s) that encrypt SigV4 secrets created through
+    the admin API, comma-separated: the first encrypts, every one decrypts (rotation)."""
+    seed: Literal["missing", "file"] = "missing"
+    """How the file's ``tenants`` meet the store at start. ``missing``: a tenant the store lacks
+    is created from the file; one it has is left as the store holds it (the admin API is the
+    source of truth; a difference is logged); one deleted through the API is not re-created.
+    ``file``: the file's settings and credentials of the tenants it names overwrite the store's
+    at every start (credentials created through the API are kept)."""
+    state_file: str | None = None
+    """With ``limiter.backend: memory``: a JSON file that keeps the tenants and the audit log
+    across restarts (absent: they live in memory only). Unused with Redis."""
+    sync_interval_s: Annotated[float, Field(gt=0, le=1)] = 0.25
+    """How often each replica checks the store's tenant version (one Redis GET) and reloads
+    the tenants that changed: a change reaches every replica within this plus a reload."""
+    audit_retain: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    """Newest audit entries kept."""
 
     @field_validator("key_sha256", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digests(cls, v: list[str]) -> list[str]:
+        for digest in v:
+            if not _SHA256_HEX.match(digest):
+                raise ValueError("key_sha256 must be 64 lower-case hex characters")
+        return v
+
+    def named_keys(self) -> list[tuple[str, str]]:
+        """(name, digest) of every admin key."""
+        unnamed = [(f"admin-{i}", d) for i, d in enumerate(self.key_sha256, 1)]
+        return unnamed + [(k.name, k.key_sha256) for k in self.keys]
 
 
 class GatewayConfig(_Frozen):
@@ -334,6 +400,9 @@ class GatewayConfig(_Frozen):
                 if other not in self.models:
                     raise ValueError(f"models.{name}.fallback: unknown model {other!r}")
         for name, tenant in self.tenants.items():
+            if not TENANT_ID.match(name):
+                raise ValueError(f"tenants.{name[:64]}: tenant ids are 1-64 letters, digits, "
+                                 f"'_', '-' or '.', starting with a letter or digit")  # fmt: skip
             for model_name in tenant.models or []:
                 if model_name not in self.models:
                     raise ValueError(f"tenants.{name}.models: unknown model {model_name!r}")
@@ -352,6 +421,11 @@ class GatewayConfig(_Frozen):
             raise ValueError(f"server.workers is {self.server.workers} but limiter.backend is "
                              f"memory: each worker would enforce every quota by itself; use "
                              f"backend: redis to share them")  # fmt: skip
+        admin_digests = {digest for _, digest in self.admin.named_keys()}
+        for name, tenant in self.tenants.items():
+            if admin_digests & set(tenant.key_sha256):
+                raise ValueError(f"tenants.{name}.key_sha256: an admin key cannot also be a "
+                                 f"tenant's key")  # fmt: skip
         seen: dict[str, str] = {}
         for name, tenant in self.tenants.items():
             for key in tenant.access_keys:

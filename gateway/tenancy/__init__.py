@@ -1,0 +1,1 @@
+"""Tenants managed at runtime: model, secrets at rest, stores, registry, admin operations."""
