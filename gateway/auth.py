@@ -1,19 +1,18 @@
 """Tenant authentication: SigV4 with gateway-issued key pairs, or a bearer API key.
 
-Bearer keys are held only as SHA-256 digests and compared in constant time; SigV4 secrets are
-read from the environment once, at start. Every failure is an ``AccessDenied``.
+Bearer keys are held only as SHA-256 digests; SigV4 secrets are held in memory only, opened
+by the tenant registry (gateway/tenancy/registry.py) from the environment or from their
+sealed form in the store. Every failure, a revoked or expired key too, is an ``AccessDenied``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from gateway import sigv4
-from gateway.config import ConfigError, TenantConfig
 from gateway.errors import AccessDenied
 
 AsgiHeaders = list[tuple[bytes, bytes]]
@@ -58,32 +57,45 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One credential as the data plane checks it."""
+
+    tenant: Tenant
+    credential: str
+    """The credential's id (an access key id, or ``bk-`` + 16 hex digits of the digest)."""
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    secret: str = ""
+    """The SigV4 secret (empty for a bearer key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """Every credential the gateway accepts, built whole and swapped whole on each change."""
+
+    bearer: Mapping[str, Key]
+    """By SHA-256 hex digest of the bearer key."""
+    pairs: Mapping[str, Key]
+    """By SigV4 access key id."""
+
+
 class Authenticator:
+    """Checks a request against ``directory()``: in-process lookups only, no store call.
+    ``on_use`` hears the credential id and time of each success (for last-used times)."""
+
     def __init__(
         self,
-        tenants: Mapping[str, TenantConfig],
-        environ: Mapping[str, str],
+        directory: Callable[[], Directory],
         clock: Callable[[], float],
         max_skew_s: float,
+        on_use: Callable[[str, float], None] | None = None,
     ) -> None:
+        self._directory = directory
         self._clock = clock
         self._max_skew_s = max_skew_s
+        self._on_use = on_use
         self._keys = sigv4.SigningKeys()
-        self._bearer: dict[str, tuple[Tenant, str]] = {}
-        self._pairs: dict[str, tuple[Tenant, str]] = {}
-        for name, config in tenants.items():
-            models = frozenset(config.models) if config.models is not None else None
-            tenant = Tenant(name, models, config.priority == "batch", config.max_wait_s)
-            for digest in config.key_sha256:
-                self._bearer[digest] = (tenant, digest)
-            for pair in config.access_keys:
-                secret = environ.get(pair.secret_env)
-                if not secret:
-                    raise ConfigError(
-                        f"tenants.{name}.access_keys: environment variable "
-                        f"{pair.secret_env} (secret of {pair.id}) is not set"
-                    )
-                self._pairs[pair.id] = (tenant, secret)
 
     def authenticate(self, request: RequestFacts) -> Caller:
         authorization = _header(request.headers, b"authorization")
@@ -97,25 +109,25 @@ class Authenticator:
     def _bearer_caller(self, key: str) -> Caller:
         digest = hash_key(key)
         # The table is keyed by SHA-256 digests, which a caller cannot steer byte by byte, so the
-        # lookup's timing tells nothing about stored keys; the final check is constant time.
-        entry = self._bearer.get(digest)
-        if entry is None or not hmac.compare_digest(entry[1], digest):
+        # lookup's timing tells nothing about stored keys.
+        entry = self._directory().bearer.get(digest)
+        if entry is None:
             raise AccessDenied("The API key is not valid for this gateway.")
-        return Caller(entry[0], "bearer", digest[:12], None)
+        self._usable(entry, "The API key")
+        return Caller(entry.tenant, "bearer", digest[:12], None)
 
     def _sigv4_caller(self, authorization: str, request: RequestFacts) -> Caller:
         try:
             auth = sigv4.parse_authorization(authorization)
         except sigv4.SigV4Error as exc:
             raise AccessDenied(f"Authorization header is malformed: {exc}") from None
-        entry = self._pairs.get(auth.access_key_id)
+        entry = self._directory().pairs.get(auth.access_key_id)
         if entry is None:
             raise AccessDenied("The security token included in the request is invalid: "
                                "unknown access key id.")  # fmt: skip
         if auth.service != "bedrock":
             raise AccessDenied(f"Credential should be scoped to service 'bedrock', "
                                f"not {auth.service[:32]!r}.")  # fmt: skip
-        tenant, secret = entry
         headers: dict[str, list[str]] = {}
         wanted = set(auth.signed_headers) | {"x-amz-date", "host"}
         for name, value in request.headers:
@@ -124,14 +136,25 @@ class Authenticator:
                 headers.setdefault(key, []).append(value.decode("latin-1"))
         try:
             sigv4.verify(
-                auth, secret, method=request.method, raw_path=request.raw_path,
+                auth, entry.secret, method=request.method, raw_path=request.raw_path,
                 raw_query=request.raw_query, headers=headers,
                 payload_hash=_payload_hash(headers, request.body_sha256),
                 now=self._clock(), max_skew_s=self._max_skew_s, keys=self._keys,
             )  # fmt: skip
         except sigv4.SigV4Error as exc:
             raise AccessDenied(str(exc)) from None
-        return Caller(tenant, "sigv4", auth.access_key_id, auth.region)
+        # Only a caller who holds the secret learns that the key was revoked or has expired.
+        self._usable(entry, f"The access key {auth.access_key_id}")
+        return Caller(entry.tenant, "sigv4", auth.access_key_id, auth.region)
+
+    def _usable(self, entry: Key, what: str) -> None:
+        now = self._clock()
+        if entry.revoked_at is not None:
+            raise AccessDenied(f"{what} was revoked; ask the platform team for a new one.")
+        if entry.expires_at is not None and entry.expires_at <= now:
+            raise AccessDenied(f"{what} has expired; ask the platform team for a new one.")
+        if self._on_use is not None:
+            self._on_use(entry.credential, now)
 
 
 def _payload_hash(headers: Mapping[str, list[str]], body_sha256: str) -> str:

@@ -22,7 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from gateway.api.admin import admin_router
+from gateway.api.admin import (
+    AdminGuard,
+    AdminKeys,
+    admin_response,
+    admin_router,
+    openapi_router,
+)
+from gateway.api.admin_tenants import tenants_router
 from gateway.api.asgi import Receive, Scope, Send
 from gateway.api.attempts import Attempts
 from gateway.api.calls import Calls
@@ -50,6 +57,9 @@ from gateway.metrics import Metrics
 from gateway.queueing.dispatcher import Queues
 from gateway.retry import RetryPolicy
 from gateway.storewatch import TimedStore
+from gateway.tenancy.errors import InvalidField, NotFound
+from gateway.tenancy.model import TenantSpec
+from gateway.tenancy.wiring import Tenancy
 from gateway.upstream.client import Fanout, UpstreamClient
 from gateway.upstream.credentials import CredentialSource, open_source
 
@@ -70,18 +80,23 @@ class Parts:
     queues: Queues
     learned: LearnedQuotas
     calibrations: Calibrations
+    tenancy: Tenancy
 
 
 class GatewayApp:
-    """Routes ``/model/…`` to the data plane and everything else to the control app."""
+    """Routes ``/model/…`` to the data plane, ``/admin…`` through the admin key check to the
+    control app, and everything else to the control app."""
 
-    def __init__(self, dataplane: DataPlane, control: FastAPI) -> None:
+    def __init__(self, dataplane: DataPlane, control: FastAPI, admin_keys: AdminKeys) -> None:
         self.dataplane = dataplane
         self.control = control
+        self.admin = AdminGuard(admin_keys, control)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/model/"):
             await self.dataplane(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"].startswith("/admin"):
+            await self.admin(scope, receive, send)
         else:
             await self.control(scope, receive, send)
 
@@ -139,9 +154,11 @@ def _control_app(
             await asyncio.wait_for(parts.calibrations.refresh(), config.limiter.timeout_s * 4)
         parts.calibrations.start()
         obs.start()
+        await parts.tenancy.start(config.limiter.timeout_s * 8)
         try:
             yield
         finally:
+            await parts.tenancy.close()
             await obs.close()
             await parts.queues.close()  # anyone still waiting gets an answer now
             await parts.calibrations.close()
@@ -149,16 +166,22 @@ def _control_app(
             await parts.upstream.close()
             await parts.limiter.close()
 
-    app = FastAPI(title="bedrock-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="bedrock-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )  # the admin API's schema is at /admin/openapi.json
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if request.url.path.startswith("/admin"):
+            return admin_response(_admin_http_error(exc))
         if exc.status_code == 404:
             return _bedrock_error(UnknownOperation("No such operation on this gateway."))
         return _bedrock_error(ValidationError(str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/admin"):
+            return admin_response(invalid_field(exc))
         return _bedrock_error(ValidationError(f"Invalid request: {exc.errors()[:3]}"))
 
     @app.exception_handler(Exception)
@@ -181,14 +204,15 @@ def _control_app(
         app.add_api_route("/metrics", obs.scrape, methods=["GET"])
 
     @app.exception_handler(GatewayError)
-    async def gateway_error(_: Request, exc: GatewayError) -> Response:
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        if request.url.path.startswith("/admin"):
+            return admin_response(exc)
         return _bedrock_error(exc)
 
-    app.include_router(
-        admin_router(
-            config.admin.key_sha256, parts.catalog, parts.limiter, parts.learned, parts.calibrations
-        )
-    )
+    admin = [admin_router(parts.catalog, parts.limiter, parts.learned, parts.calibrations),
+             tenants_router(parts.tenancy.admin, time.time)]  # fmt: skip
+    for router in [*admin, openapi_router(admin)]:
+        app.include_router(router)
 
     return app
 
@@ -209,11 +233,13 @@ def create_app(
                               listener=Fanout(metrics, health))  # fmt: skip
     store = open_store(config.limiter, environ, metrics)
     limiter = Limiter(config.limiter, config.tenants, store, metrics)
+    weights = {name: tenant.weight for name, tenant in config.tenants.items()}
+    fallback_allowed = {name: t.allow_fallback for name, t in config.tenants.items()}
     queues = Queues(
         limiter,
         max_depth=config.queue.max_depth,
         recheck_s=config.queue.recheck_s,
-        weights={name: tenant.weight for name, tenant in config.tenants.items()},
+        weights=weights,
         is_tenant_limit=limiter.is_tenant_limit,
     )
     limiter.on_capacity = queues.settled
@@ -235,13 +261,28 @@ def create_app(
     calibrations = _calibrations(config, store, metrics)
     calls = Calls(
         catalog, upstream, limiter, queues, attempts, calibrations, clock=time.monotonic,
-        fallback_allowed={name: t.allow_fallback for name, t in config.tenants.items()},
-        metrics=metrics,
+        fallback_allowed=fallback_allowed, metrics=metrics,
     )  # fmt: skip
+
+    def tenant_changed(name: str, spec: TenantSpec | None) -> None:
+        """A tenant created, changed or deleted at runtime: the parts that hold its settings."""
+        if spec is None:
+            limiter.drop_tenant(name)
+            weights.pop(name, None)
+            fallback_allowed.pop(name, None)
+            return
+        limiter.set_tenant(name, spec.limits())
+        weights[name] = spec.weight
+        fallback_allowed[name] = spec.allow_fallback
+
+    tenancy = Tenancy(config, environ, tenant_changed, wall_clock)
     dataplane = DataPlane(
         catalog=catalog,
         authenticator=Authenticator(
-            config.tenants, environ, wall_clock, config.server.sigv4_max_skew_s
+            lambda: tenancy.registry.directory,
+            wall_clock,
+            config.server.sigv4_max_skew_s,
+            on_use=tenancy.registry.used,
         ),
         upstream=upstream,
         calls=calls,
@@ -249,9 +290,27 @@ def create_app(
         max_body_bytes=config.server.max_body_bytes,
         default_wait_s=config.queue.max_wait_s,
     )
-    parts = Parts(catalog, credentials, upstream, store, limiter, queues, learned, calibrations)
+    parts = Parts(catalog, credentials, upstream, store, limiter, queues, learned, calibrations,
+                  tenancy)  # fmt: skip
     obs = observability(config, catalog, store, limiter, learned, metrics, health)
-    return GatewayApp(dataplane, _control_app(config, obs, parts, environ))
+    control = _control_app(config, obs, parts, environ)
+    return GatewayApp(dataplane, control, AdminKeys(config.admin.named_keys()))
+
+
+def _admin_http_error(exc: HTTPException) -> GatewayError:
+    if exc.status_code == 404:
+        return NotFound("No such admin operation.")
+    if exc.status_code == 405:
+        return InvalidField("This admin path does not take that method.")
+    return InvalidField(str(exc.detail))
+
+
+def invalid_field(exc: RequestValidationError) -> InvalidField:
+    """The first problem of a request the admin API could not validate, naming its field."""
+    error = exc.errors()[0]
+    where = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+    return InvalidField(f"{'.'.join(where) or 'request'}: {error.get('msg', 'invalid')}",
+                        ".".join(where) or None)  # fmt: skip
 
 
 def _shared(store: FailoverStore | Store) -> RedisStore | None:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from gateway.catalog import Route
 from gateway.config import LimiterConfig, TenantConfig
-from gateway.errors import Throttled, ValidationError
+from gateway.errors import AccessDenied, Throttled, ValidationError
 from gateway.limiter.core import (
     Admitted,
     Bucket,
@@ -158,6 +158,15 @@ class Limiter:
     def is_tenant_limit(self, bucket: Bucket) -> bool:
         return bucket.key.startswith(self._tenant_prefix)
 
+    def set_tenant(self, name: str, limits: Mapping[str, int | None]) -> None:
+        """Give tenant ``name`` these budgets (created or changed at runtime). Its buckets keep
+        their keys, so what it used so far still counts against the new limits."""
+        self._tenants[name] = _limits(self._config, f"{self._tenant_prefix}{name}",
+                                      f"tenant {name!r}", limits)  # fmt: skip
+
+    def drop_tenant(self, name: str) -> None:
+        self._tenants.pop(name, None)
+
     def _route_limits(self, route: Route) -> _Limits:
         limits = self._routes.get(route)
         if limits is None:
@@ -174,7 +183,9 @@ class Limiter:
     ) -> tuple[Plan, tuple[Route, ...]]:
         """The admission plan and the routes its alternatives stand for, in order; raises
         ValidationError when ``reserved`` can never fit."""
-        tenant_limits = self._tenants[tenant]
+        tenant_limits = self._tenants.get(tenant)
+        if tenant_limits is None:  # deleted while its request was on the way
+            raise AccessDenied(f"Tenant {tenant!r} no longer exists on this gateway.")
         too_small = tenant_limits.too_small_for(reserved)
         if too_small is not None:
             raise ValidationError(
