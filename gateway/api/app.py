@@ -120,6 +120,7 @@ def open_store(
         mode=config.on_store_failure,
         replicas=config.replicas,
         retry_after_s=config.retry_store_after_s,
+        window_s=config.window_s + config.margin_ms / 1000,
         listener=metrics,
     )
 

@@ -91,6 +91,7 @@ class RedisStore:
         self._pipe = pipe
         self._admit = _Script("admit.lua", "common.lua")
         self._settle = _Script("settle.lua", "common.lua")
+        self._seed = _Script("seed.lua", "common.lua")
         self._adapt = _Script("adapt.lua", "common.lua")
 
         self._calibrate = _Script("calibrate.lua", "common.lua")
@@ -137,6 +138,17 @@ class RedisStore:
         assert isinstance(reply, list)
         return {field.decode(): _state(value) for field, value in zip(reply[::2], reply[1::2],
                                                                         strict=True)}  # fmt: skip
+
+    async def seed(self, windows: list[tuple[Bucket, dict[int, int]]],
+                   now_ms: int | None = None) -> int:  # fmt: skip
+        """Add ``windows`` ({slot: amount} per window bucket, what this replica admitted) to the
+        shared windows (a rejoin after an outage, failover.py); the slots added."""
+        args: list[Any] = ["" if now_ms is None else now_ms]
+        for bucket, slots in windows:
+            args += (bucket.a, bucket.b, len(slots))
+            for slot, amount in slots.items():
+                args += (slot, amount)
+        return int(await self._call(self._seed, [b.key for b, _ in windows], args))
 
     async def ping(self) -> bool:
         try:
