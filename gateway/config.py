@@ -85,11 +85,13 @@ class LimiterConfig(_Frozen):
     """How long one Redis call may take before the store counts as unavailable."""
     on_store_failure: Literal["local", "deny"] = "local"
     """When Redis is unreachable: ``local`` admits against this replica's share of each quota
-    (quota / replicas); ``deny`` answers ServiceUnavailableException."""
+    (quota / replicas), counted over what this replica sent upstream in the last window through
+    either store (gateway/limiter/failover.py); ``deny`` answers ServiceUnavailableException."""
     replicas: Annotated[int, Field(ge=1)] = 1
     """How many gateway processes share the quotas (for the ``local`` share)."""
     retry_store_after_s: Annotated[float, Field(gt=0, le=60)] = 1.0
-    """After a failure, how long to stay on the local share before trying Redis again."""
+    """After a failure, how long to stay on the local share before trying Redis again. Back on
+    Redis, the share still gates admissions for a window plus this long."""
     window_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
     """Length of the per-minute windows (Bedrock evaluates quotas over a rolling minute)."""
     slot_ms: Annotated[int, Field(ge=10, le=10_000)] = 250
