@@ -372,29 +372,112 @@ def test_dockerignore_keeps_local_state_out() -> None:
 
 # ---- docker-compose.yml ----------------------------------------------------------------------
 
+# The gateway's config file inside its container: the image's CMD reads it from here.
+COMPOSE_CONFIG_PATH = "/etc/bedrock-gateway/gateway.yaml"
+# The files the other services' configuration comes from (mounted read-only by compose).
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "bedrock-gateway.json"
 
-def test_compose_services() -> None:
-    assert set(compose()["services"]) == {"redis", "simulator", "gateway"}
-    redis = service("redis")
-    assert redis["image"] == "redis:7-alpine"
-    assert redis["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+
+def gateway_services() -> dict[str, dict[str, Any]]:
+    """The compose services that run ``bedrock-gateway serve``, by name."""
+    found = {}
+    for name, svc in compose()["services"].items():
+        if svc.get("build") == "." or svc.get("image", "").startswith("bedrock-gateway"):
+            args = build_parser().parse_args(compose_command(svc))
+            if args.command == "serve":
+                found[name] = svc
+    return found
 
 
-def test_compose_gateway_config_is_mounted_and_valid() -> None:
-    gateway = service("gateway")
-    args = build_parser().parse_args(compose_command(gateway))
-    assert args.command == "serve"
-    source, read_only = compose_mount(gateway, args.config)
-    assert read_only, "mount the config read-only"
-    assert source == ROOT / "config" / "compose.yaml"
-    assert source.is_file()
-    load_config(source)  # raises ConfigError when the gateway would refuse it
+def gateway_replicas() -> int:
+    return sum(svc.get("deploy", {}).get("replicas", 1) for svc in gateway_services().values())
+
+
+def compose_config_of(svc: dict[str, Any]) -> GatewayConfig:
+    args = build_parser().parse_args(compose_command(svc))
+    return load_config(compose_mount(svc, args.config)[0])
 
 
 def compose_gateway_config() -> GatewayConfig:
-    gateway = service("gateway")
-    args = build_parser().parse_args(compose_command(gateway))
-    return load_config(compose_mount(gateway, args.config)[0])
+    """The one config every gateway replica runs (checked to be one file below)."""
+    return compose_config_of(next(iter(gateway_services().values())))
+
+
+def bind_mounts(svc: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    """(source, target, options) of each short-syntax volume of a service."""
+    mounts = []
+    for volume in svc.get("volumes", []):
+        assert isinstance(volume, str), "use the short syntax SOURCE:TARGET[:ro]"
+        source, target, *options = volume.split(":")
+        mounts.append((source, target, options))
+    return mounts
+
+
+def compose_config_content(name: str) -> Any:
+    """A top-level ``configs:`` entry's inline content, parsed as YAML."""
+    entry = compose()["configs"][name]
+    assert "content" in entry, f"configs.{name}: expected inline content"
+    return yaml.safe_load(entry["content"])
+
+
+def service_config_target(svc: dict[str, Any], name: str) -> str:
+    targets = [c["target"] for c in svc.get("configs", []) if c["source"] == name]
+    assert len(targets) == 1, f"the service does not mount configs.{name} once"
+    return str(targets[0])
+
+
+def published(svc: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host ip, host port, container port) of each of a service's published ports."""
+    mappings = []
+    for mapping in svc.get("ports", []):
+        assert isinstance(mapping, str), "use the short syntax IP:HOST:CONTAINER, quoted"
+        host_ip, host_port, container_port = mapping.split(":")
+        mappings.append((host_ip, int(host_port), int(container_port)))
+    return mappings
+
+
+def http_urls(healthcheck: dict[str, Any]) -> list[Any]:
+    return [urlsplit(u) for u in re.findall(r"https?://[^'\"\s]+", " ".join(healthcheck["test"]))]
+
+
+def test_compose_services() -> None:
+    assert set(compose()["services"]) == {
+        "redis",
+        SIMULATOR_SERVICE,
+        "gateway-1",
+        "gateway-2",
+        "prometheus",
+        "grafana",
+    }
+    redis = service("redis")
+    assert redis["image"] == "redis:7-alpine"
+    assert redis["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
+    for name, svc in compose()["services"].items():
+        if "image" in svc and "build" not in svc:
+            image = svc["image"]
+            assert ":" in image, f"{name}: pin {image}"
+            assert not image.endswith(":latest"), f"{name}: pin {image}"
+
+
+def test_compose_runs_two_gateway_replicas_on_one_config() -> None:
+    assert set(gateway_services()) == {"gateway-1", "gateway-2"}
+    assert gateway_replicas() == 2
+    sources = {compose_mount(svc, COMPOSE_CONFIG_PATH) for svc in gateway_services().values()}
+    assert sources == {((ROOT / "config" / "compose.yaml").resolve(), True)}, "one read-only file"
+    # The local share (quota / replicas) of each replica while Redis is away must add up to the
+    # quota: limiter.replicas counts the replicas the stack runs.
+    assert compose_gateway_config().limiter.replicas == gateway_replicas()
+
+
+def test_compose_gateway_config_is_mounted_and_valid() -> None:
+    for name, svc in gateway_services().items():
+        args = build_parser().parse_args(compose_command(svc))
+        assert args.config == COMPOSE_CONFIG_PATH, name
+        source, read_only = compose_mount(svc, args.config)
+        assert read_only, f"{name}: mount the config read-only"
+        assert source.is_file()
+        load_config(source)  # raises ConfigError when the gateway would refuse it
 
 
 def test_compose_gateways_share_the_stacks_redis() -> None:
@@ -402,79 +485,209 @@ def test_compose_gateways_share_the_stacks_redis() -> None:
     limiter = compose_gateway_config().limiter
     assert limiter.backend == "redis"
     assert limiter.redis_url_env, "the URL comes from the environment"
-    value = str(service("gateway")["environment"][limiter.redis_url_env])
-    default = re.fullmatch(r"\$\{\w+:-(.+)\}", value)
-    assert default, f"{value}: an overridable default"
-    url = urlsplit(default.group(1))
-    assert url.scheme == "redis"
-    assert url.hostname == "redis"
-    assert url.hostname in compose()["services"]
-    replicas = service("gateway").get("deploy", {}).get("replicas", 1)
-    assert limiter.replicas >= replicas, "the local share must not exceed quota / replicas"
+    for name, svc in gateway_services().items():
+        value = str(svc["environment"][limiter.redis_url_env])
+        default = re.fullmatch(r"\$\{\w+:-(.+)\}", value)
+        assert default, f"{name}: {value}: an overridable default"
+        url = urlsplit(default.group(1))
+        assert url.scheme == "redis"
+        assert url.hostname == "redis"
+        assert url.hostname in compose()["services"]
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
 
 
-def test_compose_gateway_port_is_published_on_loopback_only() -> None:
-    gateway = service("gateway")
-    args = build_parser().parse_args(compose_command(gateway))
-    config = load_config(compose_mount(gateway, args.config)[0])
-    port = args.port if args.port is not None else config.server.port
-    host = args.host if args.host is not None else config.server.host
-    assert host == "0.0.0.0", "inside a container the gateway must listen on every interface"
-    assert port in exposed_ports()
-    published = gateway["ports"]
-    assert published
-    for mapping in published:
-        host_ip, _host_port, container_port = str(mapping).split(":")
-        assert host_ip == "127.0.0.1"
-        assert int(container_port) == port
+def test_compose_ports_are_published_on_loopback_only() -> None:
+    host_ports: list[int] = []
+    for name, svc in compose()["services"].items():
+        for host_ip, host_port, _container_port in published(svc):
+            assert host_ip == "127.0.0.1", f"{name}: publish on 127.0.0.1 only"
+            host_ports.append(host_port)
+        assert "network_mode" not in svc, f"{name}: host networking would bypass the mapping"
+    assert len(host_ports) == len(set(host_ports)), "two services publish one host port"
+    assert not published(service("redis")), "Redis holds the quota state: not published"
+    assert not published(service(SIMULATOR_SERVICE))
+
+
+def test_compose_gateway_ports_match_the_config() -> None:
+    for name, svc in gateway_services().items():
+        args = build_parser().parse_args(compose_command(svc))
+        config = compose_config_of(svc)
+        port = args.port if args.port is not None else config.server.port
+        host = args.host if args.host is not None else config.server.host
+        assert host == "0.0.0.0", "inside a container the gateway must listen on every interface"
+        assert port in exposed_ports()
+        mappings = published(svc)
+        assert mappings, f"{name} is not published"
+        assert all(container_port == port for _, _, container_port in mappings), name
+
+
+def test_compose_every_service_has_a_healthcheck() -> None:
+    for name, svc in compose()["services"].items():
+        healthcheck = svc.get("healthcheck")
+        assert healthcheck, f"{name} has no healthcheck"
+        assert healthcheck["test"][0] == "CMD", f"{name}: exec form, no shell needed"
+        assert duration_s(healthcheck["timeout"]) < duration_s(healthcheck["interval"]), name
+    for name, svc in gateway_services().items():
+        urls = http_urls(svc["healthcheck"])
+        assert len(urls) == 1, name
+        assert urls[0].path in real_paths()
+        assert not_yet_started_status(urls[0].path) == 200, "liveness must not wait on readiness"
+        assert urls[0].port == compose_config_of(svc).server.port
+    for name in ("prometheus", "grafana"):
+        svc = service(name)
+        (url,) = http_urls(svc["healthcheck"])
+        assert url.hostname == "127.0.0.1"
+        assert url.port in {container for _, _, container in published(svc)}, name
+
+
+def test_compose_every_mounted_file_exists() -> None:
+    # Every file a service mounts is in the repository: a missing source would make Docker
+    # create an empty directory in its place and the service fail at start.
+    mounted = []
+    for name, svc in compose()["services"].items():
+        for source, target, options in bind_mounts(svc):
+            assert source.startswith("./"), f"{name}: mount repository files by relative path"
+            path = (ROOT / source).resolve()
+            assert path.is_relative_to(ROOT)
+            assert path.is_file(), f"{name} mounts {source}, which does not exist"
+            assert "ro" in options, f"{name}: mount {source} read-only"
+            assert target.startswith("/")
+            mounted.append(path)
+        for entry in svc.get("configs", []):
+            assert entry["source"] in compose()["configs"], f"{name}: {entry['source']}"
+    for name, entry in compose().get("configs", {}).items():
+        if "file" in entry:
+            assert (ROOT / entry["file"]).is_file(), f"configs.{name}: {entry['file']}"
+    assert ALERTS.resolve() in mounted
+    assert DASHBOARD.resolve() in mounted
 
 
 def test_compose_simulator_is_the_gateways_upstream() -> None:
-    simulator, gateway = service(SIMULATOR_SERVICE), service("gateway")
-    assert simulator.get("build") == gateway.get("build") == "."
-    assert simulator.get("image") == gateway.get("image")
+    simulator = service(SIMULATOR_SERVICE)
     args = build_parser().parse_args(compose_command(simulator))
     assert args.command == "simulator"
     assert args.host == "0.0.0.0"
     assert args.port == 9100
-    config = load_config(compose_mount(gateway, "/etc/bedrock-gateway/gateway.yaml")[0])
-    endpoints = [a.endpoint_url for a in config.accounts.values()]
-    assert endpoints
-    for endpoint in endpoints:
-        assert endpoint is not None, "every compose account must call the simulator, not AWS"
-        url = urlsplit(endpoint)
-        assert (url.hostname, url.port) == (SIMULATOR_SERVICE, args.port)
+    for name, gateway in gateway_services().items():
+        assert simulator.get("build") == gateway.get("build") == "."
+        assert simulator.get("image") == gateway.get("image")
+        assert gateway["depends_on"][SIMULATOR_SERVICE]["condition"] == "service_started", name
+        endpoints = [a.endpoint_url for a in compose_config_of(gateway).accounts.values()]
+        assert endpoints
+        for endpoint in endpoints:
+            assert endpoint is not None, "every compose account must call the simulator, not AWS"
+            url = urlsplit(endpoint)
+            assert (url.hostname, url.port) == (SIMULATOR_SERVICE, args.port)
     health = " ".join(simulator.get("healthcheck", {}).get("test", []))
-    if health:  # the image's HEALTHCHECK probes the gateway's port, not the simulator's
-        assert f":{args.port}/health" in health
-
-
-def test_compose_gateway_depends_on_redis_and_simulator() -> None:
-    depends = service("gateway")["depends_on"]
-    assert depends["redis"]["condition"] == "service_healthy"
-    assert depends[SIMULATOR_SERVICE]["condition"] == "service_started"
+    assert f":{args.port}/health" in health, "the image's HEALTHCHECK probes the gateway's port"
 
 
 def test_compose_secrets_come_from_the_environment_with_fake_defaults() -> None:
-    gateway = service("gateway")
-    config = load_config(compose_mount(gateway, "/etc/bedrock-gateway/gateway.yaml")[0])
-    environment = gateway["environment"]
-    assert isinstance(environment, dict)
+    config = compose_gateway_config()
     # The Redis URL is the stack's own service, not a secret: checked in its own test above.
     names = env_names(config) - {config.limiter.redis_url_env}
     assert names, "the compose config should read its secrets from the environment"
-    for name in names:
-        assert name in environment, f"config/compose.yaml reads {name}; compose does not set it"
-        match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", str(environment[name]))
-        assert match, f"{name}: use ${{{name}:-fake-default}}"
-        assert match.group(1) == name
-        assert "FAKE" in match.group(2).upper(), f"{name}: the default must look fake"
+    for svc_name, gateway in gateway_services().items():
+        environment = gateway["environment"]
+        assert isinstance(environment, dict)
+        for name in names:
+            assert name in environment, f"config/compose.yaml reads {name}; {svc_name} lacks it"
+            match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", str(environment[name]))
+            assert match, f"{name}: use ${{{name}:-fake-default}}"
+            assert match.group(1) == name
+            assert "FAKE" in match.group(2).upper(), f"{name}: the default must look fake"
+    password = str(service("grafana")["environment"]["GF_SECURITY_ADMIN_PASSWORD"])
+    match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", password)
+    assert match
+    assert "FAKE" in match.group(2).upper()
 
 
 def test_compose_stop_grace_covers_the_drain() -> None:
-    gateway = service("gateway")
-    config = load_config(compose_mount(gateway, "/etc/bedrock-gateway/gateway.yaml")[0])
-    assert duration_s(gateway["stop_grace_period"]) > config.server.shutdown_grace_s
+    for name, gateway in gateway_services().items():
+        grace = duration_s(gateway["stop_grace_period"])
+        assert grace > compose_config_of(gateway).server.shutdown_grace_s, name
+
+
+def test_prometheus_scrapes_every_gateway_and_loads_the_alerts() -> None:
+    prometheus = service("prometheus")
+    target = service_config_target(prometheus, "prometheus")
+    assert f"--config.file={target}" in prometheus["command"]
+    config = compose_config_content("prometheus")
+    jobs = config["scrape_configs"]
+    gateway_jobs = [job for job in jobs if job["job_name"] == "bedrock-gateway"]
+    assert len(gateway_jobs) == 1
+    job = gateway_jobs[0]
+    assert job.get("metrics_path", "/metrics") in real_paths()
+    assert job.get("scheme", "http") == "http"
+    targets = {t for group in job["static_configs"] for t in group["targets"]}
+    assert targets == {
+        f"{name}:{compose_config_of(svc).server.port}" for name, svc in gateway_services().items()
+    }
+    assert all(svc.get("deploy", {}).get("replicas", 1) == 1 for svc in gateway_services().values())
+    # Every rule file Prometheus loads is mounted from deploy/prometheus/alerts.yml.
+    mounts = {target: (ROOT / source).resolve() for source, target, _ in bind_mounts(prometheus)}
+    assert config["rule_files"]
+    for rule_file in config["rule_files"]:
+        assert mounts.get(rule_file) == ALERTS.resolve(), rule_file
+
+
+def test_grafana_reads_prometheus_and_provisions_the_dashboard() -> None:
+    grafana = service("grafana")
+    datasources = compose_config_content("grafana-datasource")["datasources"]
+    assert service_config_target(grafana, "grafana-datasource").startswith(
+        "/etc/grafana/provisioning/datasources/"
+    )
+    (prometheus,) = [d for d in datasources if d["type"] == "prometheus"]
+    url = urlsplit(prometheus["url"])
+    assert url.hostname == "prometheus"
+    assert url.port in {container for _, _, container in published(service("prometheus"))}
+    providers = compose_config_content("grafana-dashboards")["providers"]
+    assert service_config_target(grafana, "grafana-dashboards").startswith(
+        "/etc/grafana/provisioning/dashboards/"
+    )
+    folders = {PurePosixPath(p["options"]["path"]) for p in providers if p["type"] == "file"}
+    mounts = {
+        PurePosixPath(target): (ROOT / source).resolve()
+        for source, target, _ in bind_mounts(grafana)
+    }
+    dashboards = [target for target, source in mounts.items() if source == DASHBOARD.resolve()]
+    assert len(dashboards) == 1
+    assert dashboards[0].parent in folders, "the dashboard is mounted where the provider reads"
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def datasource_refs(node: Any) -> Iterator[dict[str, Any]]:
+    """Every ``"datasource": {...}`` object in a dashboard, its panels' and targets' included."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource" and isinstance(value, dict):
+                yield value
+            else:
+                yield from datasource_refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from datasource_refs(item)
+
+
+def test_the_dashboard_reads_the_provisioned_data_source() -> None:
+    (source,) = compose_config_content("grafana-datasource")["datasources"]
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    variables = {
+        v["name"]: v
+        for v in dashboard.get("templating", {}).get("list", [])
+        if v.get("type") == "datasource"
+    }
+    refs = list(datasource_refs(dashboard))
+    assert refs, "the panels name their data source"
+    for ref in refs:
+        assert ref.get("type") == source["type"], ref
+        uid = ref.get("uid", "")
+        variable = re.fullmatch(r"\$\{(\w+)\}|\$(\w+)", uid)
+        if variable:  # a data source variable: it offers the data sources of its type
+            name = variable.group(1) or variable.group(2)
+            assert variables[name]["query"] == source["type"], name
+        else:
+            assert uid == source["uid"], ref
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="no docker binary")
