@@ -2,11 +2,14 @@
 
 Dockerfile, docker-compose.yml (with config/compose.yaml) and deploy/kubernetes/ are parsed and
 checked against the gateway's own code: configs pass its validation, commands parse with its CLI,
-probes hit its real health paths, grace periods cover its shutdown drain.
+probes hit its real health paths, grace periods cover its shutdown drain. The Kubernetes
+manifests are rendered as `kubectl kustomize` would and validated with kubernetes-validate; no
+Docker engine, Helm or cluster is needed.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -17,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import kubernetes_validate
 import pytest
 import yaml
 from fastapi.routing import APIRoute
@@ -31,8 +35,20 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "kubernetes"
+# The manifests every cluster can apply, and an overlay adding the Prometheus Operator's objects.
+BASE = K8S / "base"
+OPERATOR = K8S / "prometheus-operator"
+# Kinds without a namespace (kustomize's namespace setting leaves them alone).
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+# The Prometheus Operator's custom resources: kubernetes-validate has no schema for them.
+OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# The Kubernetes versions the manifests are validated against (oldest and newest schemas used).
+K8S_VERSIONS = ("1.30.0", "1.37.0")
 # A template with placeholder values: listed nowhere, so `kubectl apply -k` never applies it.
 SECRET_TEMPLATE = "secret.template.yaml"
+# The Secrets it describes: the gateway's own, and static AWS keys (optional: IRSA needs none).
+SECRETS = "bedrock-gateway-secrets"
+AWS_SECRET = "bedrock-gateway-aws"
 # The Kubernetes Service name and the compose service name the gateway's upstream calls.
 SIMULATOR_SERVICE = "simulator"
 
@@ -189,7 +205,7 @@ def env_names(config: GatewayConfig) -> set[str]:
 
 
 def k8s_files() -> list[Path]:
-    return sorted(K8S.glob("*.yaml")) + sorted(K8S.glob("*.yml"))
+    return sorted(K8S.rglob("*.yaml")) + sorted(K8S.rglob("*.yml"))
 
 
 def k8s_documents(path: Path) -> Iterator[dict[str, Any]]:
@@ -199,22 +215,90 @@ def k8s_documents(path: Path) -> Iterator[dict[str, Any]]:
             yield document
 
 
-def manifest(kind: str) -> dict[str, Any]:
-    """The one object of ``kind`` among the files kustomization.yaml applies."""
-    found = [
-        document
-        for name in kustomization()["resources"]
-        for document in k8s_documents(K8S / name)
-        if document.get("kind") == kind
-    ]
-    assert len(found) == 1, f"expected one {kind} in deploy/kubernetes, found {len(found)}"
+def kustomization(directory: Path = BASE) -> dict[str, Any]:
+    data = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def json_pointer(path: str) -> list[str]:
+    assert path.startswith("/"), path
+    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+
+
+def apply_json6902(document: dict[str, Any], operations: list[dict[str, Any]]) -> None:
+    """The JSON patch operations the kustomizations use (add, replace, remove on mappings)."""
+    for operation in operations:
+        *parents, last = json_pointer(operation["path"])
+        node = document
+        for part in parents:
+            node = node[part]
+        assert isinstance(node, dict), f"{operation['path']}: only mappings are patched here"
+        if operation["op"] == "remove":
+            assert last in node, f"{operation['path']}: nothing to remove"
+            del node[last]
+        elif operation["op"] in {"add", "replace"}:
+            assert operation["op"] == "add" or last in node, operation["path"]
+            node[last] = copy.deepcopy(operation["value"])
+        else:
+            raise AssertionError(f"unsupported patch operation {operation['op']}")
+
+
+def pod_specs(document: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if document["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+        yield document["spec"]["template"]["spec"]
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """What ``kubectl kustomize DIRECTORY`` outputs, for the features these kustomizations use:
+    resources (files and directories), namespace, images, and JSON 6902 patches."""
+    spec = kustomization(directory)
+    unknown = set(spec) - {"apiVersion", "kind", "namespace", "resources", "images", "patches"}
+    assert not unknown, f"{directory}: this renderer does not know {sorted(unknown)}"
+    documents: list[dict[str, Any]] = []
+    for entry in spec["resources"]:
+        path = (directory / entry).resolve()
+        assert path.is_relative_to(K8S), f"{entry}: outside deploy/kubernetes"
+        documents.extend(
+            render(path) if path.is_dir() else copy.deepcopy(list(k8s_documents(path)))
+        )
+    for patch in spec.get("patches", []):
+        target = patch["target"]
+        matched = [
+            d
+            for d in documents
+            if d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]
+        ]
+        assert len(matched) == 1, f"the patch for {target} matches {len(matched)} objects"
+        apply_json6902(matched[0], yaml.safe_load(patch["patch"]))
+    if "namespace" in spec:
+        for document in documents:
+            if document["kind"] not in CLUSTER_SCOPED:
+                document["metadata"]["namespace"] = spec["namespace"]
+    for image in spec.get("images", []):
+        for document in documents:
+            for pod in pod_specs(document):
+                for c in pod.get("containers", []) + pod.get("initContainers", []):
+                    if c["image"].split(":")[0] == image["name"]:
+                        c["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
+    return documents
+
+
+@cache
+def rendered(directory: Path) -> tuple[dict[str, Any], ...]:
+    return tuple(render(directory))
+
+
+def manifest(kind: str, directory: Path = BASE) -> dict[str, Any]:
+    """The one object of ``kind`` that ``kubectl apply -k DIRECTORY`` applies."""
+    found = [document for document in rendered(directory) if document.get("kind") == kind]
+    assert len(found) == 1, f"expected one {kind} in {directory.name}, found {len(found)}"
     return found[0]
 
 
-def kustomization() -> dict[str, Any]:
-    data = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
-    assert isinstance(data, dict)
-    return data
+def secret_template(name: str) -> dict[str, Any]:
+    (found,) = [d for d in k8s_documents(BASE / SECRET_TEMPLATE) if d["metadata"]["name"] == name]
+    return found
 
 
 def configmap_config() -> GatewayConfig:
@@ -710,6 +794,8 @@ def test_docker_compose_config_accepts_the_file() -> None:
 
 # ---- deploy/kubernetes -----------------------------------------------------------------------
 
+ALERTS_FILE = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
 
 def test_every_manifest_parses() -> None:
     files = k8s_files()
@@ -724,22 +810,96 @@ def test_every_manifest_parses() -> None:
                 assert document["metadata"]["name"], path.name
 
 
-def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
-    resources = kustomization()["resources"]
-    assert len(resources) == len(set(resources)), "a resource is listed twice"
-    on_disk = {p.name for p in k8s_files()} - {"kustomization.yaml", SECRET_TEMPLATE}
-    assert set(resources) == on_disk
-    assert SECRET_TEMPLATE not in resources, "applying placeholders would overwrite real secrets"
-    assert (K8S / SECRET_TEMPLATE).is_file()
+def test_kustomizations_list_every_manifest_but_the_secret_template() -> None:
+    for directory in (BASE, OPERATOR):
+        resources = kustomization(directory)["resources"]
+        assert len(resources) == len(set(resources)), "a resource is listed twice"
+        on_disk = {p.name for p in directory.glob("*.y*ml")} - {"kustomization.yaml"}
+        assert {r for r in resources if (directory / r).is_file()} == on_disk - {SECRET_TEMPLATE}
+    assert SECRET_TEMPLATE not in kustomization(BASE)["resources"], (
+        "applying placeholders would overwrite real secrets"
+    )
+    assert (BASE / SECRET_TEMPLATE).is_file()
+    assert kustomization(OPERATOR)["resources"][0] == "../base", "the overlay adds to the base"
+    assert {p.parent for p in k8s_files()} == {BASE, OPERATOR}, "a manifest outside both"
+
+
+def test_the_overlay_adds_only_the_operators_objects() -> None:
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    base = {key(d) for d in rendered(BASE)}
+    overlay = {key(d) for d in rendered(OPERATOR)}
+    assert overlay - base == {(kind, "bedrock-gateway") for kind in OPERATOR_KINDS}
+    assert base <= overlay
+    assert not {d["kind"] for d in rendered(BASE)} & OPERATOR_KINDS, (
+        "the base must apply to clusters without the Operator's CRDs"
+    )
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl to compare with")
+def test_the_renderer_agrees_with_kubectl_kustomize() -> None:
+    # kubectl's built-in kustomize renders offline; where it is installed it checks the
+    # renderer the other tests read the manifests through.
+    for directory in (BASE, OPERATOR):
+        result = subprocess.run(
+            ["kubectl", "kustomize", str(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        theirs = list(yaml.safe_load_all(result.stdout))
+        key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+        assert sorted(theirs, key=key) == sorted(rendered(directory), key=key), directory.name
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_manifest_passes_kubernetes_validate(version: str) -> None:
+    documents = [
+        *rendered(OPERATOR),
+        *k8s_documents(BASE / SECRET_TEMPLATE),
+    ]
+    validated = set()
+    for document in documents:
+        if document["kind"] in OPERATOR_KINDS:
+            continue  # custom resources: checked against the Operator's CRDs below
+        # strict: an unknown or misspelt field fails too.
+        kubernetes_validate.validate(document, version, strict=True)
+        validated.add(document["kind"])
+    assert validated >= {
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+    }
+
+
+def test_kubernetes_validate_refuses_a_misspelt_field() -> None:
+    # The validation above is real: a typo in a probe is caught.
+    deployment = copy.deepcopy(manifest("Deployment"))
+    probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    probe["periodSecond"] = probe.pop("periodSeconds")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
 
 
 def test_manifests_share_the_kustomization_namespace() -> None:
-    namespace = kustomization()["namespace"]
+    namespace = kustomization(BASE)["namespace"]
+    assert kustomization(OPERATOR)["namespace"] == namespace
     assert manifest("Namespace")["metadata"]["name"] == namespace
-    for name in [*kustomization()["resources"], SECRET_TEMPLATE]:
-        for document in k8s_documents(K8S / name):
+    files = [BASE / SECRET_TEMPLATE, *(OPERATOR / r for r in kustomization(OPERATOR)["resources"])]
+    files += [BASE / r for r in kustomization(BASE)["resources"]]
+    for path in files:
+        if path.is_dir():
+            continue
+        for document in k8s_documents(path):
             if document["kind"] != "Namespace":
-                assert document["metadata"].get("namespace") == namespace, name
+                assert document["metadata"].get("namespace") == namespace, path.name
 
 
 def test_configmap_config_is_valid() -> None:
@@ -753,11 +913,20 @@ def test_every_pod_shares_one_redis_limiter() -> None:
     assert limiter.backend == "redis"
     assert limiter.redis_url_env, "the URL (with its password) is a secret"
     assert not limiter.redis_url
-    template = next(k8s_documents(K8S / SECRET_TEMPLATE))
-    assert limiter.redis_url_env in template["stringData"]
-    most = max(manifest("Deployment")["spec"]["replicas"],
-               manifest("HorizontalPodAutoscaler")["spec"]["maxReplicas"])  # fmt: skip
-    assert limiter.replicas >= most, "local shares of quota / replicas must fit at full scale"
+    assert limiter.redis_url_env in secret_template(SECRETS)["stringData"]
+    hpa = manifest("HorizontalPodAutoscaler")["spec"]
+    assert manifest("Deployment")["spec"]["replicas"] <= hpa["maxReplicas"]
+    # Local shares of quota / replicas add up to the quota at the HPA's largest scale, and no
+    # lower: limiter.replicas is the HPA's maxReplicas.
+    assert limiter.replicas == hpa["maxReplicas"]
+
+
+def test_every_key_lives_in_one_cluster_hash_slot() -> None:
+    # Redis Cluster (ElastiCache cluster mode) runs a script only on keys of one slot; the
+    # braces of {prefix} make the prefix the hash tag of every key.
+    prefix = configmap_config().limiter.key_prefix
+    assert prefix == "bgw"
+    assert "{bgw}" in (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
 
 
 def test_deployment_command_and_config_mount() -> None:
@@ -778,33 +947,42 @@ def test_deployment_command_and_config_mount() -> None:
     config = configmap_config()
     port = args.port if args.port is not None else config.server.port
     assert named_port("http") == port
+    image = container()["image"]
+    assert image == "{newName}:{newTag}".format(**kustomization(BASE)["images"][0])
 
 
 def test_probes_use_the_gateways_health_paths() -> None:
     paths = real_paths()
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert probe in container(), f"the Deployment has no {probe}"
     ready, live = container()["readinessProbe"], container()["livenessProbe"]
     assert ready["httpGet"]["path"] in paths
     assert live["httpGet"]["path"] in paths
     # readiness must wait for start-up (credentials); liveness must not, or pods never start
     assert not_yet_started_status(ready["httpGet"]["path"]) == 503
     assert not_yet_started_status(live["httpGet"]["path"]) == 200
-    if "startupProbe" in container():
-        startup = container()["startupProbe"]["httpGet"]["path"]
-        assert not_yet_started_status(startup) == 200
+    startup = container()["startupProbe"]
+    assert not_yet_started_status(startup["httpGet"]["path"]) == 200
+    # The startup probe gives the pod this long to start before liveness takes over.
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
     port = configmap_config().server.port
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        if probe in container():
-            assert named_port(container()[probe]["httpGet"]["port"]) == port, probe
+        assert named_port(container()[probe]["httpGet"]["port"]) == port, probe
 
 
-def test_termination_grace_exceeds_prestop_plus_drain() -> None:
+def test_prestop_and_grace_period_match_the_drain() -> None:
     pod = manifest("Deployment")["spec"]["template"]["spec"]
     command = container()["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     pre_stop = float(command[1])
     assert 0 < pre_stop <= 15
+    config = configmap_config()
+    drain = pre_stop + config.server.shutdown_grace_s
     grace = pod["terminationGracePeriodSeconds"]
-    assert grace > configmap_config().server.shutdown_grace_s + pre_stop
+    # Longer than the preStop pause plus the drain, or the kubelet kills requests the gateway
+    # is still finishing; not much longer, or a stuck pod lingers.
+    assert drain < grace <= drain + 15
+    assert config.queue.max_wait_s < config.server.shutdown_grace_s
 
 
 def test_deployment_security_context() -> None:
@@ -828,23 +1006,98 @@ def test_deployment_resources_are_sized_for_one_core() -> None:
     assert configmap_config().server.workers == 1, "one process per pod: scale with replicas"
 
 
-def test_prometheus_scrapes_the_metrics_endpoint() -> None:
+def test_prometheus_annotations_name_the_metrics_endpoint() -> None:
     annotations = manifest("Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/path"] in real_paths()
     assert annotations["prometheus.io/path"] == "/metrics"
     assert int(annotations["prometheus.io/port"]) == configmap_config().server.port
+    pod = manifest("Deployment", OPERATOR)["spec"]["template"]["metadata"]
+    assert "annotations" not in pod, "the overlay scrapes through the ServiceMonitor only"
+
+
+def test_servicemonitor_scrapes_every_pod() -> None:
+    monitor = manifest("ServiceMonitor", OPERATOR)
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = monitor["spec"]
+    # The fields of the CRD's schema used here (monitoring.coreos.com/v1 ServiceMonitor).
+    assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
+    services = [d for d in rendered(OPERATOR) if d["kind"] == "Service"]
+    selected = [
+        s
+        for s in services
+        if spec["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert selected == [manifest("Service", OPERATOR)], "it selects the gateway's Service"
+    port_names = {p["name"] for p in selected[0]["spec"]["ports"]}
+    assert spec["endpoints"]
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+        assert endpoint["port"] in port_names
+        assert endpoint["path"] in real_paths()
+        assert endpoint.get("scheme", "http") == (
+            "https" if configmap_config().server.tls else "http"
+        )
+        assert duration_s(endpoint["scrapeTimeout"]) < duration_s(endpoint["interval"])
+
+
+def test_prometheusrule_holds_the_alerts_files_groups() -> None:
+    rule = manifest("PrometheusRule", OPERATOR)
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(rule["spec"]) == {"groups"}
+    alerts = yaml.safe_load(ALERTS_FILE.read_text(encoding="utf-8"))
+    assert set(alerts) == {"groups"}
+    assert rule["spec"]["groups"] == alerts["groups"], (
+        "regenerate it: .venv/bin/python deploy/kubernetes/prometheus-operator/rules.py"
+    )
+    # The structure the CRD's schema asks for (monitoring.coreos.com/v1 PrometheusRule).
+    names = [group["name"] for group in rule["spec"]["groups"]]
+    assert len(names) == len(set(names)), "group names are unique"
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules", "limit", "partial_response_strategy"}
+        assert group["rules"], group["name"]
+        for item in group["rules"]:
+            assert set(item) <= {
+                "alert",
+                "record",
+                "expr",
+                "for",
+                "keep_firing_for",
+                "labels",
+                "annotations",
+            }
+            assert ("alert" in item) != ("record" in item), item
+            assert isinstance(item["expr"], str | int)
+            for duration in ("for", "keep_firing_for"):
+                if duration in item:
+                    duration_s(item[duration])
+            for mapping in ("labels", "annotations"):
+                assert all(isinstance(v, str) for v in item.get(mapping, {}).values()), item
 
 
 def test_secrets_come_from_the_secret_template_keys() -> None:
-    template = next(k8s_documents(K8S / SECRET_TEMPLATE))
-    assert template["kind"] == "Secret"
-    sources = [s["secretRef"]["name"] for s in container()["envFrom"] if "secretRef" in s]
-    assert sources == [template["metadata"]["name"]]
-    values = template["stringData"]
-    assert set(values) == env_names(configmap_config())
-    for name, value in values.items():
-        assert "REPLACE" in value.upper(), f"{name}: the template holds placeholders only"
+    refs = [s["secretRef"] for s in container()["envFrom"] if "secretRef" in s]
+    assert [r["name"] for r in refs] == [SECRETS, AWS_SECRET]
+    config = configmap_config()
+    required = secret_template(SECRETS)
+    assert not refs[0].get("optional"), "the gateway's own secrets must be there"
+    assert set(required["stringData"]) == env_names(config) | {config.admin.secrets_key_env}
+    aws = secret_template(AWS_SECRET)
+    assert refs[1]["optional"] is True, "with IRSA / Pod Identity there are no static keys"
+    assert set(aws["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert all(
+        not any(vars(a).get(f) for f in ("profile", "role_arn")) for a in config.accounts.values()
+    )
+    for secret in (required, aws):
+        assert secret["kind"] == "Secret"
+        for name, value in secret["stringData"].items():
+            assert "REPLACE" in value.upper(), f"{name}: the template holds placeholders only"
+
+
+def test_admin_keys_are_digests_only() -> None:
+    # The gateway keeps only SHA-256 digests of admin keys: nothing secret in the ConfigMap.
+    admin = configmap_config().admin
+    assert all(re.fullmatch(r"[0-9a-f]{64}", d) for d in admin.key_sha256)
 
 
 def test_pods_spread_across_zones() -> None:
@@ -867,14 +1120,52 @@ def test_service_pdb_and_hpa_select_the_deployment() -> None:
     assert [(p["port"], named_port(p["targetPort"])) for p in svc["ports"]] == [(8080, port)]
 
     pdb = manifest("PodDisruptionBudget")["spec"]
-    assert pdb["minAvailable"] == 2
+    assert pdb["maxUnavailable"] == 1, "one pod at a time, at any scale"
+    assert "minAvailable" not in pdb
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
-    assert pdb["minAvailable"] < deployment["spec"]["replicas"]
 
     hpa = manifest("HorizontalPodAutoscaler")["spec"]
     assert hpa["scaleTargetRef"]["kind"] == "Deployment"
     assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    assert hpa["minReplicas"] > pdb["minAvailable"]
+    assert hpa["minReplicas"] - pdb["maxUnavailable"] >= 2, "two pods serve through a drain"
+    assert hpa["minReplicas"] == deployment["spec"]["replicas"]
     assert hpa["maxReplicas"] >= hpa["minReplicas"]
     cpu = [m["resource"] for m in hpa["metrics"] if m.get("resource", {}).get("name") == "cpu"]
     assert cpu == [{"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}]
+
+
+def network_ports(rules: list[dict[str, Any]]) -> set[tuple[int, str]]:
+    return {(named_port(p["port"]), p.get("protocol", "TCP")) for r in rules for p in r["ports"]}
+
+
+def test_networkpolicy_opens_only_what_the_gateway_uses() -> None:
+    policy = manifest("NetworkPolicy")["spec"]
+    labels = manifest("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    port = configmap_config().server.port
+    assert network_ports(policy["ingress"]) == {(port, "TCP")}, "only the gateway's port"
+    assert all("ports" in rule for rule in policy["egress"]), "no egress rule opens every port"
+    egress = network_ports(policy["egress"])
+    template_url = secret_template(SECRETS)["stringData"][configmap_config().limiter.redis_url_env]
+    redis = urlsplit(template_url.removeprefix("REPLACE-ME-"))
+    assert redis.scheme == "rediss", "ElastiCache in transit: TLS"
+    assert (redis.port, "TCP") in egress, "Redis"
+    assert {(443, "TCP"), (53, "UDP"), (53, "TCP")} <= egress, "AWS endpoints and DNS"
+
+
+def alert_jobs() -> set[str]:
+    """The scrape job names the alert rules select (``job="…"``)."""
+    text = ALERTS_FILE.read_text(encoding="utf-8")
+    return set(re.findall(r'\bjob\s*=\s*"([^"]+)"', text))
+
+
+def test_the_alerts_select_the_job_both_stacks_scrape_as() -> None:
+    jobs = alert_jobs()
+    assert jobs, "GatewayDown reads up{job=...}"
+    # compose: the job name of the scrape config.
+    scrape = compose_config_content("prometheus")["scrape_configs"]
+    assert jobs <= {job["job_name"] for job in scrape}
+    # Prometheus Operator: without jobLabel, the job is the name of the Service scraped.
+    assert "jobLabel" not in manifest("ServiceMonitor", OPERATOR)["spec"]
+    assert jobs == {manifest("Service", OPERATOR)["metadata"]["name"]}
