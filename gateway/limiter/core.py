@@ -81,6 +81,9 @@ class Plan:
     member: str
     common: tuple[Charge, ...]
     alternatives: tuple[tuple[Charge, ...], ...] = ()
+    watch: tuple[int, ...] = ()
+    """Window buckets (0-based indices into the flattened groups) whose slots a denial reports,
+    so the queue can forecast when the requests waiting behind this one could fit."""
 
     def groups(self) -> tuple[tuple[Charge, ...], ...]:
         return (self.common, *self.alternatives)
@@ -104,10 +107,25 @@ class Admitted:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowView:
+    """A window bucket as a denial saw it: what each slot of its span holds, oldest first,
+    the last being the slot of ``Denied.now_ms``."""
+
+    limit: int
+    slot_ms: int
+    span: int
+    slots: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Denied:
     retry_after_ms: int | None
     """When the plan could next fit, as far as the buckets know; None: never (cost > limit)."""
     bucket: Bucket
+    now_ms: int = 0
+    """The store's time of the decision."""
+    windows: tuple[WindowView, ...] = ()
+    """The plan's watched windows (``Plan.watch``), in order."""
 
 
 Decision = Admitted | Denied

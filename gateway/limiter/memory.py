@@ -19,6 +19,7 @@ from gateway.limiter.core import (
     Denied,
     Kind,
     Plan,
+    WindowView,
     combine_waits,
     period_end_ms,
     period_of,
@@ -91,7 +92,18 @@ class MemoryStore:
         wait = common_wait if chosen > 0 else combine_waits(common_wait, waits)
         bucket = common_blocker if common_wait != 0 else blocker
         assert bucket is not None
-        return Denied(wait, bucket)
+        return Denied(wait, bucket, now, self._views(plan, now))
+
+    def _views(self, plan: Plan, now: int) -> tuple[WindowView, ...]:
+        flat = [c.bucket for group in plan.groups() for c in group]
+        views = []
+        for index in plan.watch:
+            bucket = flat[index]
+            state = self._state(bucket, now)
+            current = slot_of(now, bucket.a)
+            slots = tuple(state.slots.get(s, 0) for s in range(current - bucket.b + 1, current + 1))
+            views.append(WindowView(bucket.limit, bucket.a, bucket.b, slots))
+        return tuple(views)
 
     def _remaining(self, plan: Plan) -> int | None:
         if not plan.common or plan.common[0].bucket.kind == Kind.LEASES:

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from gateway.limiter import core
 from gateway.limiter.adaptive import Aimd, State
-from gateway.limiter.core import Admitted, Bucket, Charge, Decision, Denied, Plan
+from gateway.limiter.core import Admitted, Bucket, Charge, Decision, Denied, Plan, WindowView
 from gateway.limiter.resp import Address, ConnectionLost, Pipe, RespError
 
 
@@ -43,7 +43,8 @@ def encode_admit(plan: Plan, now_ms: int | None) -> tuple[list[str], list[Any]]:
             keys.append(bucket.key)
             specs += (int(bucket.kind), bucket.limit, charge.cost, bucket.a, bucket.b)
     head: list[Any] = ["" if now_ms is None else now_ms, plan.member, len(groups)]
-    return keys, head + [len(g) for g in groups] + specs
+    watch = [len(plan.watch), *(i + 1 for i in plan.watch)]
+    return keys, head + [len(g) for g in groups] + specs + watch
 
 
 def encode_settle(
@@ -107,7 +108,14 @@ class RedisStore:
             return Admitted(int(reply[1]), int(reply[2]), None if remaining < 0 else remaining)
         wait = int(reply[1])
         flat = [c.bucket for group in plan.groups() for c in group]
-        return Denied(None if wait < 0 else wait, flat[int(reply[2]) - 1])
+        views, at = [], 4
+        for index in plan.watch:
+            bucket = flat[index]
+            slots = tuple(int(v) for v in reply[at : at + bucket.b])
+            views.append(WindowView(bucket.limit, bucket.a, bucket.b, slots))
+            at += bucket.b
+        return Denied(None if wait < 0 else wait, flat[int(reply[2]) - 1], int(reply[3]),
+                      tuple(views))  # fmt: skip
 
     async def settle(
         self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None

@@ -14,6 +14,7 @@ from gateway.limiter.core import (
     Admitted,
     Bucket,
     Charge,
+    Kind,
     Period,
     Plan,
     lease_bucket,
@@ -42,6 +43,8 @@ class Admit:
     alternatives: tuple[tuple[int, ...], ...]
     cost: int
     advance_ms: int
+    watch: bool = False
+    """Ask a denial for the slots of the plan's windows (the queue's forecast)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ admits = st.builds(
     alternatives=st.lists(indices.map(tuple), max_size=3).map(tuple),
     cost=st.integers(1, 350),
     advance_ms=st.sampled_from([0, 1, 249, 250, 999, 5_000, 30_000, 61_000, 3_600_000]),
+    watch=st.booleans(),
 )
 settles = st.builds(
     Settle, pick=st.integers(0, 50), delta=st.integers(-350, 200),
@@ -77,7 +81,10 @@ def _plan(step: Admit, member: str) -> Plan:
     alternatives = tuple(
         tuple(_charge(i, step.cost) for i in alt if i not in used) for alt in step.alternatives
     )
-    return Plan(member, tuple(_charge(i, step.cost) for i in step.common), alternatives)
+    common = tuple(_charge(i, step.cost) for i in step.common)
+    flat = [c.bucket for group in (common, *alternatives) for c in group]
+    watch = tuple(i for i, b in enumerate(flat) if b.kind == Kind.WINDOW) if step.watch else ()
+    return Plan(member, common, alternatives, watch)
 
 
 Tickets = list[tuple[Plan, Admitted]]

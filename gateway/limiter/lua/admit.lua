@@ -5,9 +5,11 @@
 -- KEYS: one per bucket, all in one hash slot (the {prefix} hash tag).
 -- ARGV: now_ms|"", member, ngroups, size of each group (group 1: the common charges; each
 --   further group one alternative), then 5 numbers per bucket: kind, limit, cost, a, b
---   (window: a = slot_ms, b = span; period: a = 1 day | 2 month; leases: a = ttl_ms).
+--   (window: a = slot_ms, b = span; period: a = 1 day | 2 month; leases: a = ttl_ms), then
+--   the number of watched window buckets and their indices (the queue's forecast reads them).
 -- Returns {1, alternative (0: none), now_ms, remaining of the first common bucket (-1: none
---   or a lease bucket)} or {0, wait_ms (-1: never), bucket index}.
+--   or a lease bucket)} or {0, wait_ms (-1: never), bucket index, now_ms, then the span slots
+--   of each watched window, oldest first}.
 
 local member = ARGV[2]
 local ngroups = tonumber(ARGV[3])
@@ -149,4 +151,15 @@ if ngroups > 1 and chosen == 0 then
   end
   if common_wait == -1 or best == -1 then wait = -1 else wait = math.max(common_wait, best) end
 end
-return {0, wait, common_wait ~= 0 and common_blocker or alt_blocker}
+local reply = {0, wait, common_wait ~= 0 and common_blocker or alt_blocker, now}
+local watch = base + (index - 1) * 5 + 1
+for w = 1, tonumber(ARGV[watch]) or 0 do
+  local i = tonumber(ARGV[watch + w])
+  local _, _, _, slot_ms, span = spec(i)
+  local _, cur, first = advance(KEYS[i], slot_ms, span)
+  local fields = {}
+  for s = first, cur do fields[#fields + 1] = s end
+  local amounts = redis.call('HMGET', KEYS[i], unpack(fields))
+  for j = 1, #fields do reply[#reply + 1] = tonumber(amounts[j]) or 0 end
+end
+return reply
