@@ -138,6 +138,11 @@ class QueueConfig(_Frozen):
     recheck_s: Annotated[float, Field(gt=0, le=10)] = 1.0
     """How often a queue's head re-checks the shared store at the least (settlements in other
     replicas are not observed directly)."""
+    refuse_when_hopeless: bool = True
+    """Refuse at once (ThrottlingException, its retry hint the forecast) a request the queue
+    forecasts cannot be admitted before its deadline, from the routes' windows, the cost queued
+    ahead of it and what settlements give back; waiters are judged again as the forecast
+    changes. Off: such a request waits until its deadline, then is refused."""
 
 
 class CalibrationConfig(_Frozen):

@@ -240,6 +240,7 @@ def create_app(
         limiter,
         max_depth=config.queue.max_depth,
         recheck_s=config.queue.recheck_s,
+        refuse_when_hopeless=config.queue.refuse_when_hopeless,
         weights=weights,
         is_tenant_limit=limiter.is_tenant_limit,
     )

@@ -30,6 +30,7 @@ from gateway.limiter.core import (
     window_bucket,
 )
 from gateway.limiter.failover import FailoverStore, Store
+from gateway.limiter.settled import SettledShare
 
 UNKNOWN_WAIT_MS = 1000
 
@@ -146,6 +147,10 @@ class Limiter:
         """The learned fraction of a pool's configured TPM (``LearnedQuotas.factor``)."""
         self.on_capacity: Callable[[Route], None] | None = None
         """Called after a settlement that gave capacity back (a refund or a released lease)."""
+        self.settled_share: dict[Route, SettledShare] = {}
+        """Per route, what settlements leave of a reservation (the queue's forecast)."""
+        self.in_flight: dict[Route, int] = {}
+        """Per route, the tokens this replica has reserved and not yet settled."""
 
     def pool_of(self, route: Route) -> str:
         return pool_key(self._config.key_prefix, route)
@@ -209,8 +214,13 @@ class Limiter:
                 f"output burndown), more than the whole quota ({max(smallest)} tokens) of any "
                 f"route for this model; lower max_tokens."
             )
-        plan = Plan(member, tenant_limits.charges(reserved), tuple(alternatives))
-        return plan, tuple(eligible)
+        common = tenant_limits.charges(reserved)
+        watch, at = [], len(common)
+        for charges in alternatives:  # each route's per-minute token window
+            tpm = [i for i, c in enumerate(charges) if c.settles and c.bucket.kind == Kind.WINDOW]
+            watch += [at + i for i in tpm[:1]]
+            at += len(charges)
+        return Plan(member, common, tuple(alternatives), tuple(watch)), tuple(eligible)
 
     async def admit(
         self, member: str, tenant: str, routes: tuple[Route, ...], reserved: int
@@ -222,6 +232,7 @@ class Limiter:
             return decision
         route = eligible[decision.alternative - 1]
         self._metrics.admitted(route.label, tenant)
+        self.in_flight[route] = self.in_flight.get(route, 0) + reserved
         return Ticket(plan, decision, store, route, tenant, reserved)
 
     async def _admit(self, plan: Plan) -> tuple[Decision, Store]:
@@ -235,6 +246,8 @@ class Limiter:
             return
         ticket.settled = True
         delta = actual - ticket.reserved
+        self.in_flight[ticket.route] = self.in_flight.get(ticket.route, 0) - ticket.reserved
+        self.settled_share.setdefault(ticket.route, SettledShare()).observe(ticket.reserved, actual)
         if isinstance(self._store, FailoverStore):
             await self._store.settle(ticket.store, ticket.plan, ticket.admitted, delta)
         else:

@@ -14,6 +14,13 @@ so one tenant's exhausted budget does not block the others; the flow keeps its o
 competes again, tagged afresh, when the hint comes due. Every waiter is answered by its
 deadline: admitted, or a ThrottlingException with a retry hint. Closing answers every waiter
 at once.
+
+Each denial also reports the routes' windows, from which ``forecast.py`` tells when any waiter
+could be admitted, given the cost queued before it in fair order. Every hint the queue gives is
+that forecast. With ``refuse_when_hopeless``, a request whose forecast is past its deadline is
+refused when it arrives, not when its deadline comes, and the waiters are judged again on each
+fresh denial (a waiter whose forecast has moved past its deadline is answered then); only once
+enough settlements were seen to trust the forecast.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from gateway.catalog import Route
 from gateway.errors import GatewayError, Throttled
 from gateway.limiter.core import Bucket, Denied, Kind
 from gateway.limiter.service import Limiter, Ticket, throttle_message, throttled
+from gateway.limiter.settled import SettledShare
 from gateway.queueing.fair import BATCH, INTERACTIVE, Entry, FairQueue
+from gateway.queueing.forecast import LET_IN_BIAS, REFUSE_BIAS, Capacity, refuse_on_arrival
 
 
 @dataclass(eq=False)
@@ -40,6 +49,7 @@ class Waiter:
     future: asyncio.Future[Ticket]
     denied: Denied
     """The last refusal: it names the limit the waiter is waiting for."""
+    deadline: float = 0.0
 
 
 async def _sleep_unless_woken(event: asyncio.Event, seconds: float | None) -> None:
@@ -51,8 +61,13 @@ async def _sleep_unless_woken(event: asyncio.Event, seconds: float | None) -> No
 class _Group:
     """One model's queue and its dispatcher."""
 
-    def __init__(self, owner: Queues) -> None:
+    def __init__(self, owner: Queues, routes: tuple[Route, ...]) -> None:
         self.owner = owner
+        self.routes = routes
+        self.capacity: Capacity | None = None
+        """The routes' windows as the last denial saw them..."""
+        self.seen_at = 0.0
+        """...at this time of the queue's clock."""
         self.queue: FairQueue[Waiter] = FairQueue()
         self.parked: list[tuple[float, Entry[Waiter]]] = []
         self.wake = asyncio.Event()
@@ -64,6 +79,51 @@ class _Group:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
         self.wake.set()
+
+    def observe(self, denied: Denied, now: float) -> None:
+        """A fresh denial: its hint, its windows, and the waiters judged again."""
+        self.hint_ms = denied.retry_after_ms or self.owner.recheck_ms
+        self.last_denied = denied
+        if denied.windows:
+            self.capacity, self.seen_at = Capacity(denied.now_ms, denied.windows), now
+            if self.owner.refuse_when_hopeless and self.trusted():
+                self._rejudge(now)
+
+    def trusted(self) -> bool:
+        return self.capacity is not None and all(
+            self.owner.limiter.settled_share.get(r, _NO_SHARE).trusted for r in self.routes
+        )
+
+    def forecast_ms(self, ahead: int, cost: int, now: float, bias: float = 1.0) -> int | None:
+        """When a request of ``cost`` with ``ahead`` queued before it could be admitted, in
+        ms from ``now``, ``bias`` x what settlements are expected to leave of the reservations;
+        None when no denial has shown the routes' windows."""
+        if self.capacity is None:
+            return None
+        limiter = self.owner.limiter
+        share = bias * max(limiter.settled_share.get(r, _NO_SHARE).value for r in self.routes)
+        refunds = sum(limiter.in_flight.get(r, 0) for r in self.routes) * (1 - min(share, 1.0))
+        at = self.capacity.fits_at(ahead * share + cost, cost, refunds)
+        if at is None:
+            return None
+        store_now = self.capacity.now_ms + (now - self.seen_at) * 1000
+        return max(0, int(at - store_now))
+
+    def hint_for(self, ahead: int, cost: int, now: float) -> int:
+        forecast = self.forecast_ms(ahead, cost, now)
+        return self.hint_ms if forecast is None else forecast
+
+    def _rejudge(self, now: float) -> None:
+        """Answer now every waiter whose forecast is past its deadline."""
+        for entry, ahead in self.queue.in_order():
+            waiter = entry.item
+            if waiter.future.done():
+                continue
+            # confident: it would not fit even if settlements left less than expected
+            soonest = self.forecast_ms(ahead, entry.cost, now, REFUSE_BIAS)
+            if soonest is not None and soonest > (waiter.deadline - now) * 1000:
+                hint = self.hint_for(ahead, entry.cost, now)
+                waiter.future.set_exception(_hopeless_now(waiter, hint, now))
 
     def _unpark(self, now: float) -> float | None:
         """Let the parked flows whose time has come compete again; when the next one is due."""
@@ -112,8 +172,10 @@ class _Group:
             self.queue.serve(entry)  # a no-op if its waiter left during the call
             owner.hand_over(waiter, decision)
             return
-        self.hint_ms = decision.retry_after_ms or owner.recheck_ms
-        waiter.denied = self.last_denied = decision
+        waiter.denied = decision
+        self.observe(decision, owner.clock())
+        if waiter.future.done():
+            return  # judged hopeless: the next head tries now
         if owner.is_tenant_limit(decision.bucket):
             if entry.queued:
                 self.queue.park(entry)
@@ -131,9 +193,11 @@ class Queues:
         recheck_s: float,
         weights: dict[str, float],
         is_tenant_limit: Callable[[Bucket], bool],
+        refuse_when_hopeless: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limiter = limiter
+        self.refuse_when_hopeless = refuse_when_hopeless
         self.max_depth = max_depth
         self.recheck_ms = int(recheck_s * 1000)
         self.weights = weights
@@ -162,19 +226,27 @@ class Queues:
             if self.closing or max_wait_s <= 0 or _hopeless(decision, max_wait_s):
                 raise throttled(decision)
             state = self._group(group, routes)
-            state.hint_ms = decision.retry_after_ms or self.recheck_ms
-            state.last_denied = denied = decision
+            state.observe(decision, self.clock())
         else:
             self.limiter.plan(member, tenant, routes, reserved)  # a hopeless request fails now
-            denied = state.last_denied
+        denied, now = state.last_denied, self.clock()
+        budget_s = max_wait_s - (now - started)
+        klass = BATCH if batch else INTERACTIVE
+        ahead = state.queue.ahead(tenant, klass, self.weights.get(tenant, 1.0), reserved)
+        forecast = state.forecast_ms(ahead, reserved, now)
         if self.closing or len(state.queue) >= self.max_depth:
             raise Throttled(
                 f"Too many requests are waiting for {group}, please wait before trying again. "
-                f"(bedrock-gateway: queue full)", state.hint_ms,
+                f"(bedrock-gateway: queue full)", state.hint_ms if forecast is None else forecast,
             )  # fmt: skip
-        waiter = Waiter(member, tenant, routes, reserved,
-                        asyncio.get_running_loop().create_future(), denied)  # fmt: skip
-        ticket = await self._wait(state, waiter, max_wait_s - (self.clock() - started), batch)
+        if self.refuse_when_hopeless and forecast is not None and state.trusted():
+            # let in only what fits even if settlements leave more than expected
+            latest = state.forecast_ms(ahead, reserved, now, LET_IN_BIAS)
+            if latest is not None and refuse_on_arrival(latest, budget_s * 1000):
+                raise Throttled(_hopeless_message(denied, forecast, budget_s), forecast)
+        future = asyncio.get_running_loop().create_future()
+        waiter = Waiter(member, tenant, routes, reserved, future, denied, now + budget_s)
+        ticket = await self._wait(state, waiter, budget_s, batch)
         return ticket, self.clock() - started
 
     async def _wait(self, state: _Group, waiter: Waiter, budget_s: float, batch: bool) -> Ticket:
@@ -187,14 +259,16 @@ class Queues:
             async with asyncio.timeout(max(0.0, budget_s)):
                 return await asyncio.shield(waiter.future)
         except TimeoutError:
+            ahead = state.queue.ahead_of(entry) if entry.queued else 0
             state.queue.cancel(entry)
             if waiter.future.done() and not waiter.future.cancelled():
                 return waiter.future.result()  # admitted in the same instant: use it
+            hint = state.hint_for(ahead, entry.cost, self.clock())
             waiter.future.cancel()
             message = throttle_message(waiter.denied.bucket)
             raise Throttled(
                 f"{message[:-1]}, still at capacity after the {budget_s:.1f} s this request "
-                f"may wait)", state.hint_ms,
+                f"may wait)", hint,
             ) from None  # fmt: skip
         finally:
             state.queue.cancel(entry)
@@ -211,7 +285,7 @@ class Queues:
     def _group(self, name: str, routes: tuple[Route, ...]) -> _Group:
         state = self._groups.get(name)
         if state is None:
-            state = self._groups[name] = _Group(self)
+            state = self._groups[name] = _Group(self, routes)
             for route in routes:
                 self._by_route.setdefault(route, set()).add(name)
         return state
@@ -244,6 +318,20 @@ class Queues:
             waiter.future.set_exception(Throttled(
                 "The gateway is shutting down, please retry. (bedrock-gateway: draining)",
                 hint_ms))  # fmt: skip
+
+
+_NO_SHARE = SettledShare()
+
+
+def _hopeless_message(denied: Denied, forecast_ms: int, budget_s: float) -> str:
+    message = throttle_message(denied.bucket)
+    return (f"{message[:-1]}; the requests queued ahead leave no room for this one before "
+            f"{forecast_ms / 1000:.1f} s, past the {budget_s:.1f} s it may wait)")  # fmt: skip
+
+
+def _hopeless_now(waiter: Waiter, forecast_ms: int, now: float) -> Throttled:
+    left = max(0.0, waiter.deadline - now)
+    return Throttled(_hopeless_message(waiter.denied, forecast_ms, left), forecast_ms)
 
 
 def _hopeless(denied: Denied, max_wait_s: float) -> bool:

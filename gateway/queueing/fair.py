@@ -58,6 +58,8 @@ class _Flow(Generic[T]):
     """The start tag of its first entry."""
     entries: deque[Entry[T]] = field(default_factory=deque)
     parked: bool = False
+    queued_cost: int = 0
+    """The cost of its entries still queued."""
 
 
 @dataclass
@@ -84,6 +86,7 @@ class FairQueue(Generic[T]):
             flow = self._flows[(tenant, klass)] = _Flow(weight, start)
         flow.weight = weight
         flow.entries.append(entry)
+        flow.queued_cost += entry.cost
         self._live += 1
         if len(flow.entries) == 1:
             self._compete(flow)
@@ -115,6 +118,7 @@ class FairQueue(Generic[T]):
         entry.queued = False
         self._live -= 1
         flow = self._flows[(entry.tenant, entry.klass)]
+        flow.queued_cost -= entry.cost
         if flow.entries[0] is not entry:
             return  # dropped when it reaches the front
         while flow.entries and not flow.entries[0].queued:
@@ -140,6 +144,63 @@ class FairQueue(Generic[T]):
     def entries(self) -> list[Entry[T]]:
         """Every waiting entry, parked flows' included (for answering them all at shutdown)."""
         return [e for flow in self._flows.values() for e in flow.entries if e.queued]
+
+    # ---- what is served before whom (the forecast) -------------------------------------
+
+    def ahead(self, tenant: str, klass: int, weight: float, cost: int) -> int:
+        """The cost the queue would serve before a new entry of ``tenant`` and ``klass``: all of
+        its flow and of the classes above, and of every other flow of its class what that flow
+        is served, by its weight, up to the new entry's finish tag."""
+        key = (tenant, klass)
+        flow = self._flows.get(key)
+        if flow is None:
+            start = max(self._virtual.get(klass, 0.0), self._last_finish.get(key, 0.0))
+            queued = 0
+        else:
+            start, queued = self._start(flow, klass), flow.queued_cost
+        return queued + self._others(key, start + (queued + max(cost, 1)) / weight)
+
+    def ahead_of(self, entry: Entry[T]) -> int:
+        """The cost the queue serves before ``entry``, which is queued."""
+        key = (entry.tenant, entry.klass)
+        flow = self._flows[key]
+        before = 0
+        for other in flow.entries:
+            if other is entry:
+                break
+            before += other.cost if other.queued else 0
+        finish = self._start(flow, entry.klass) + (before + entry.cost) / flow.weight
+        return before + self._others(key, finish)
+
+    def in_order(self) -> list[tuple[Entry[T], int]]:
+        """Every queued entry with the cost served before it (``ahead_of`` of each)."""
+        result = []
+        for key, flow in self._flows.items():
+            start, before = self._start(flow, key[1]), 0
+            for entry in flow.entries:
+                if entry.queued:
+                    finish = start + (before + entry.cost) / flow.weight
+                    result.append((entry, before + self._others(key, finish)))
+                    before += entry.cost
+        return result
+
+    def _start(self, flow: _Flow[T], klass: int) -> float:
+        """A flow's start tag; a parked one competes again from V at the earliest."""
+        return max(flow.start, self._virtual.get(klass, 0.0)) if flow.parked else flow.start
+
+    def _others(self, own: FlowKey, finish: float) -> int:
+        """What the flows other than ``own`` are served before virtual time ``finish`` in
+        ``own``'s class: all of a class above it, by weight within it."""
+        total = 0
+        for key, flow in self._flows.items():
+            if key == own or key[1] > own[1]:
+                continue
+            if key[1] < own[1]:
+                total += flow.queued_cost
+            else:
+                share = (finish - self._start(flow, key[1])) * flow.weight
+                total += min(flow.queued_cost, max(0, int(share)))
+        return total
 
     def _compete(self, flow: _Flow[T]) -> None:
         first = flow.entries[0]

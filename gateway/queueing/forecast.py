@@ -1,0 +1,118 @@
+"""When a waiting request could be admitted: the queue's forecast, from what a denial saw.
+
+A denial of the queue's head reports the slots of each route's per-minute window
+(``WindowView``) at the store's time. A slot's tokens leave the window when the slot does, at
+(slot + span) x slot_ms; tokens admitted after now leave a span after they came in, so each
+window frees the same profile again every span (``limit`` tokens per span in all). A request
+with ``ahead`` tokens queued before it fits once the routes together have freed ahead + its own
+cost, and one route alone has room for its cost. ``ahead`` counts what the waiters before it
+will really be charged: their reservations times the share of a reservation settlements leave
+(``SettledShare``), less what this replica's requests in flight are expected to give back.
+
+Pure: times are the store's milliseconds, passed in; no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from gateway.limiter.core import WindowView
+
+MARGIN = 0.02
+"""A request is let in only with this share of its forecast wait (at least ``MIN_MARGIN_MS``)
+to spare before its deadline..."""
+LET_IN_BIAS = 1.0
+"""...and only if it fits with the queue ahead charged this much more than expected; a waiter
+is refused later only if it would not fit even with the queue ahead charged ``REFUSE_BIAS``
+x what is expected. Between the two, it waits: a forecast near a window's edge is unsure."""
+REFUSE_BIAS = 0.95
+MIN_MARGIN_MS = 250
+
+
+def _events(view: WindowView, now_ms: int) -> list[tuple[int, int]]:
+    """(store ms, tokens) that become admissible in the window in the next span: the room
+    it has now, then each slot as it leaves (room only once the window is back under its
+    limit, which a learned quota may have lowered below what the window holds)."""
+    current = now_ms // view.slot_ms
+    room = view.limit - sum(view.slots)
+    events = [(now_ms, max(0, room))]
+    for j, amount in enumerate(view.slots):
+        if amount:
+            before, room = max(0, room), room + amount
+            if room > before:
+                events.append(((current + 1 + j) * view.slot_ms, max(0, room) - before))
+    return events
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The routes' windows as one denial saw them at the store's ``now_ms``."""
+
+    now_ms: int
+    windows: tuple[WindowView, ...]
+    _times: list[int] = field(init=False, repr=False)
+    _totals: list[int] = field(init=False, repr=False)
+    _alone: list[tuple[list[int], list[int]]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        merged: list[tuple[int, int]] = []
+        alone = []
+        for view in self.windows:
+            events = _events(view, self.now_ms)
+            merged += events
+            alone.append(_cumulative(events))
+        times, totals = _cumulative(sorted(merged))
+        object.__setattr__(self, "_times", times)
+        object.__setattr__(self, "_totals", totals)
+        object.__setattr__(self, "_alone", alone)
+
+    @property
+    def per_span(self) -> int:
+        return sum(view.limit for view in self.windows)
+
+    def fits_at(self, amount: float, cost: int, refunds: float = 0.0) -> int | None:
+        """The store time at which ``amount`` tokens (the queue ahead, as it will be charged,
+        plus this request's ``cost``) have room across the routes, and one route has room for
+        ``cost`` alone, once ``refunds`` (expected from requests in flight) came back; None: no
+        window to tell, or no route can ever hold ``cost``."""
+        if not self.windows or self.per_span <= 0:
+            return None
+        alone = _tokens(cost - refunds)
+        own = [_first(t, c, alone) for (t, c), v in zip(self._alone, self.windows, strict=True)
+               if cost <= v.limit]  # fmt: skip
+        if not own:
+            return None
+        need = _tokens(amount - refunds)
+        if need == 0:
+            return min(own)
+        cycles, rest = divmod(need - 1, self.per_span)
+        period = self.windows[0].span * self.windows[0].slot_ms
+        together = _first(self._times, self._totals, rest + 1) + cycles * period
+        return max(together, min(own))
+
+
+def _tokens(amount: float) -> int:
+    """Whole tokens, rounded up; 0 when refunds cover it."""
+    return max(0, int(amount + 0.999))
+
+
+def _cumulative(events: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    times, totals, total = [], [], 0
+    for at, amount in events:
+        total += amount
+        times.append(at)
+        totals.append(total)
+    return times, totals
+
+
+def _first(times: list[int], totals: list[int], amount: int) -> int:
+    """The first time the cumulative ``totals`` reach ``amount`` (they reach every amount up
+    to a span's capacity)."""
+    index = bisect.bisect_left(totals, amount)
+    return times[min(index, len(times) - 1)]
+
+
+def refuse_on_arrival(forecast_ms: int, budget_ms: float) -> bool:
+    """The forecast is past what the request may wait, less the forecast's margin of error."""
+    return forecast_ms > budget_ms - max(MIN_MARGIN_MS, MARGIN * forecast_ms)
