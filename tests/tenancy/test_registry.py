@@ -55,3 +55,22 @@ async def test_a_revoked_or_expired_key_is_access_denied_and_changes_are_heard()
         auth.authenticate(_facts("key-good"))
     await registry.flush_use()
     assert await store.last_used(["bk-good"]) == {"bk-good": NOW}
+
+
+async def test_a_start_without_the_store_serves_the_file_tenants() -> None:
+    from gateway.config import parse_config
+    from gateway.tenancy.wiring import Tenancy
+    from tests.conftest import BEARER, ENVIRON, gateway_settings
+    from tests.servers import free_port
+
+    settings = gateway_settings("http://127.0.0.1:1")
+    settings["limiter"] = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+                           "timeout_s": 0.05}  # fmt: skip
+    tenancy = Tenancy(parse_config(settings), ENVIRON, lambda name, spec: None, Clock())
+    await tenancy.start(0.2)
+    try:
+        assert tenancy.registry.pending is not None  # seeding waits for the store
+        assert tenancy.registry.directory.bearer[hash_key(BEARER)].tenant.name == "team-a"
+        assert set(tenancy.registry.records) == {"team-a", "team-b"}
+    finally:
+        await tenancy.close()
