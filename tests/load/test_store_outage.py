@@ -178,13 +178,6 @@ async def test_deny_answers_service_unavailable_while_redis_is_down(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="Neither the local shares (empty when Redis goes) nor a restarted Redis (empty when it "
-    "comes back) hold the last minute's admissions, and requests the upstream throttles are "
-    "refunded in full: the window stays empty, so a lower learned quota does not stop forwarding.",
-)
 async def test_the_upstream_bound_holds_across_an_outage_under_overload(
     launcher: Launcher, private_redis: RedisServer
 ) -> None:
