@@ -4,7 +4,9 @@ step with the store by one background task.
 Every ``interval_s`` the task reads the store's version (one Redis GET); when it moved, it
 loads the tenants, tells ``on_change`` about each one that changed (the limiter's budgets, the
 queue's weights) and swaps in a new ``Directory``. Authentication itself never calls the store.
-Credential uses are noted in memory and written to the store every ``flush_s``.
+Credential uses are noted in memory and written to the store every ``flush_s``. A store whose
+version went back (Redis restarted empty, or flushed) is restored from this replica's copy
+before it is read, so a lost Redis never empties the replicas' tenants.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from gateway.auth import Directory, Key, Tenant
 from gateway.limiter.redis_store import StoreUnavailable
-from gateway.tenancy.model import Credential, TenantRecord, TenantSpec
+from gateway.tenancy.model import AuditEntry, Credential, TenantRecord, TenantSpec, public_tenant
 from gateway.tenancy.secrets import SecretBox, Unsealable
-from gateway.tenancy.store import Snapshot, TenantStore
+from gateway.tenancy.store import Snapshot, StaleRevision, TenantStore, Write
 
 log = logging.getLogger("gateway.tenancy")
 
@@ -42,6 +45,7 @@ class TenantRegistry:
         interval_s: float = 0.25,
         timeout_s: float = 2.0,
         flush_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self._box = box
@@ -50,6 +54,7 @@ class TenantRegistry:
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._flush_s = flush_s
+        self._clock = clock
         self.directory = Directory({}, {})
         self.records: dict[str, TenantRecord] = {}
         self.version = -1
@@ -76,8 +81,22 @@ class TenantRegistry:
         version = await asyncio.wait_for(self.store.version(), self._timeout_s)
         if version == self.version:
             return False
+        if 0 <= version < self.version and self.records:
+            await asyncio.wait_for(self._restore(version), self._timeout_s)
         self.install(await asyncio.wait_for(self.store.load(), self._timeout_s))
         return True
+
+    async def _restore(self, version: int) -> None:
+        """Write this replica's tenants back into a store that lost them (absent ones only:
+        another replica may have restored them first)."""
+        log.warning("the tenant store went back to version %d (this replica had %d): restoring "
+                    "%d tenants from this replica's copy", version, self.version,
+                    len(self.records))  # fmt: skip
+        for record in list(self.records.values()):
+            entry = AuditEntry(at=self._clock(), actor="replica-restore", action="tenant.restore",
+                               tenant=record.id, after=public_tenant(record))  # fmt: skip
+            with contextlib.suppress(StaleRevision):
+                await self.store.write(Write(record.id, record, 0, entry))
 
     def used(self, credential: str, now: float) -> None:
         self._used[credential] = now

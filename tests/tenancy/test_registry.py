@@ -74,3 +74,20 @@ async def test_a_start_without_the_store_serves_the_file_tenants() -> None:
         assert set(tenancy.registry.records) == {"team-a", "team-b"}
     finally:
         await tenancy.close()
+
+
+async def test_a_store_that_lost_its_state_is_restored_from_the_replica() -> None:
+    store = MemoryTenantStore()
+    registry = TenantRegistry(store, SecretBox(None), {}, on_change=lambda name, spec: None,
+                              clock=Clock())  # fmt: skip
+    key = Credential(id="bk-k", kind="bearer", name="k", created_at=NOW, key_sha256=hash_key("k"))
+    await store.write(Write("a", _record("a", key), 0, _audit("a")))
+    await store.write(Write("b", _record("b"), 0, _audit("b")))
+    await registry.refresh()
+    emptied = MemoryTenantStore()  # what a Redis restarted without persistence looks like
+    registry.store = emptied
+    assert await registry.refresh()
+    assert set(registry.records) == {"a", "b"}
+    assert hash_key("k") in registry.directory.bearer
+    assert set((await emptied.load()).tenants) == {"a", "b"}
+    assert (await emptied.audit(1, None))[0].actor == "replica-restore"
