@@ -3,6 +3,7 @@ issues, and a scan of every Redis key and value for plaintext secrets."""
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from collections.abc import Iterator
@@ -126,8 +127,9 @@ def test_tenant_crud_and_validation_errors(
 
 def test_issued_keys_work_with_boto3_and_revoked_ones_do_not(
     admin_gateway: tuple[ServerThread, str, str], tls: tuple[str, str, str],
-    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch,
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
     server, prefix, redis_url = admin_gateway
     with _admin(server, tls[2]) as admin:
         assert admin.post("/admin/tenants", json={"id": "keys-1", "models": ["claude-sonnet"],
@@ -180,6 +182,13 @@ def test_issued_keys_work_with_boto3_and_revoked_ones_do_not(
         for value in everything:
             for secret in plaintexts:
                 assert secret.encode() not in value
+        # ...nor the gateway's logs (every level; boto3's own client logs are not the gateway's)
+        # or its metrics.
+        ours = [r for r in caplog.records if r.name.startswith(("gateway", "uvicorn"))]
+        exposed = "\n".join(r.getMessage() for r in ours) + admin.get("/metrics").text
+        assert "team-a" in exposed or "keys-1" in exposed  # they do see the traffic
+        for secret in plaintexts:
+            assert secret not in exposed
 
 
 @pytest.mark.parametrize(
