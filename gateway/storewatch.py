@@ -46,6 +46,10 @@ class TimedStore:
         finally:
             self._observe("settle", time.perf_counter() - started)
 
+    async def seed(self, windows: list[tuple[Bucket, dict[int, int]]]) -> int:
+        """Forwarded untimed: once per outage, not a request's call (failover.py's rejoin)."""
+        return await self.inner.seed(windows)
+
     async def ping(self) -> bool:
         return await self.inner.ping()
 

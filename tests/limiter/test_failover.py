@@ -239,3 +239,12 @@ async def test_what_is_set_aside_is_not_seeded_into_a_restarted_redis() -> None:
     clock.ms += 2000
     await admit(store, 50)
     assert [slots for _, slots in redis.seeded] == [{T0 // 250: 400}]
+
+
+def test_the_timed_redis_store_is_still_seedable() -> None:
+    from gateway.limiter.failover import Seedable
+    from gateway.limiter.redis_store import RedisStore
+    from gateway.storewatch import TimedStore
+
+    timed = TimedStore(RedisStore.from_url("redis://127.0.0.1:1/0", 0.1), lambda *_: None)
+    assert isinstance(timed, Seedable)  # else a restarted Redis is never seeded
