@@ -16,7 +16,8 @@ seen on the same code: of three runs, two measured hint / would-fit p10 0.88-1.0
 p90 1.00, and one p50 2.1, p90 3.3 (most refusals, arrivals past ~35 s, have room only a
 window later, and the replay then found room sooner than the forecast). Served: the margins a
 let-in request keeps cost a few requests at the end of the first window (294-295 against
-297-298 without it), while the quota tokens served were 119102-119500 against 119092-119250. Run with ``-s`` to see the figures.
+297-298 without it), while the quota tokens served were 119102-119500 against 119092-119250.
+Run with ``-s`` to see the figures.
 """
 
 from __future__ import annotations
