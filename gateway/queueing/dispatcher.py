@@ -109,9 +109,21 @@ class _Group:
         store_now = self.capacity.now_ms + (now - self.seen_at) * 1000
         return max(0, int(at - store_now))
 
-    def hint_for(self, ahead: int, cost: int, now: float) -> int:
+    def hint_for(self, ahead: int, cost: int, now: float, denied: Denied | None = None) -> int:
+        """The forecast; for a waiter ``denied`` by a limit the forecast does not model (its
+        tenant's budgets, requests per minute, concurrency), no sooner than that limit said."""
         forecast = self.forecast_ms(ahead, cost, now)
-        return self.hint_ms if forecast is None else forecast
+        hint = self.hint_ms if forecast is None else forecast
+        if denied is not None and denied.retry_after_ms and not self._forecasts(denied.bucket):
+            hint = max(hint, denied.retry_after_ms)
+        return hint
+
+    def _forecasts(self, bucket: Bucket) -> bool:
+        return (
+            bucket.kind == Kind.WINDOW
+            and not self.owner.is_tenant_limit(bucket)
+            and (bucket.label.startswith("tokens"))
+        )
 
     def _rejudge(self, now: float) -> None:
         """Answer now every waiter whose forecast is past its deadline."""
@@ -122,7 +134,7 @@ class _Group:
             # confident: it would not fit even if settlements left less than expected
             soonest = self.forecast_ms(ahead, entry.cost, now, REFUSE_BIAS)
             if soonest is not None and soonest > (waiter.deadline - now) * 1000:
-                hint = self.hint_for(ahead, entry.cost, now)
+                hint = self.hint_for(ahead, entry.cost, now, waiter.denied)
                 waiter.future.set_exception(_hopeless_now(waiter, hint, now))
 
     def _unpark(self, now: float) -> float | None:
@@ -263,7 +275,7 @@ class Queues:
             state.queue.cancel(entry)
             if waiter.future.done() and not waiter.future.cancelled():
                 return waiter.future.result()  # admitted in the same instant: use it
-            hint = state.hint_for(ahead, entry.cost, self.clock())
+            hint = state.hint_for(ahead, entry.cost, self.clock(), waiter.denied)
             waiter.future.cancel()
             message = throttle_message(waiter.denied.bucket)
             raise Throttled(
