@@ -94,8 +94,8 @@ class RedisStore:
         self._settle = _Script("settle.lua", "common.lua")
         self._seed = _Script("seed.lua", "common.lua")
         self._adapt = _Script("adapt.lua", "common.lua")
-
         self._calibrate = _Script("calibrate.lua", "common.lua")
+
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> RedisStore:
         return cls(Pipe(parse_redis_url(url), timeout_s))
@@ -147,25 +147,6 @@ class RedisStore:
         return {field.decode(): _state(value) for field, value in zip(reply[::2], reply[1::2],
                                                                         strict=True)}  # fmt: skip
 
-    async def seed(self, windows: list[tuple[Bucket, dict[int, int]]],
-                   now_ms: int | None = None) -> int:  # fmt: skip
-        """Add ``windows`` ({slot: amount} per window bucket, what this replica admitted) to the
-        shared windows (a rejoin after an outage, failover.py); the slots added."""
-        args: list[Any] = ["" if now_ms is None else now_ms]
-        for bucket, slots in windows:
-            args += (bucket.a, bucket.b, len(slots))
-            for slot, amount in slots.items():
-                args += (slot, amount)
-        return int(await self._call(self._seed, [b.key for b, _ in windows], args))
-
-    async def ping(self) -> bool:
-        try:
-            return await self._pipe.call("PING") == b"PONG"
-        except (ConnectionLost, RespError):
-            return False
-
-    async def close(self) -> None:
-        self._pipe.close()
     async def calibrate(
         self, keys: list[str], pending: list[dict[int, int]], slot_ms: int, retain_slots: int,
         now_ms: int | None = None,
@@ -187,6 +168,25 @@ class RedisStore:
             histograms.append(histogram)
         return int(reply[0]), histograms
 
+    async def seed(self, windows: list[tuple[Bucket, dict[int, int]]],
+                   now_ms: int | None = None) -> int:  # fmt: skip
+        """Add ``windows`` ({slot: amount} per window bucket, what this replica admitted) to the
+        shared windows (a rejoin after an outage, failover.py); the slots added."""
+        args: list[Any] = ["" if now_ms is None else now_ms]
+        for bucket, slots in windows:
+            args += (bucket.a, bucket.b, len(slots))
+            for slot, amount in slots.items():
+                args += (slot, amount)
+        return int(await self._call(self._seed, [b.key for b, _ in windows], args))
+
+    async def ping(self) -> bool:
+        try:
+            return await self._pipe.call("PING") == b"PONG"
+        except (ConnectionLost, RespError):
+            return False
+
+    async def close(self) -> None:
+        self._pipe.close()
 
     async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
         try:
