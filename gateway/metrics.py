@@ -265,6 +265,8 @@ class Metrics:
         self.latency_child = _Cached(self.upstream_latency)
         self.ttfb_child = _Cached(self.upstream_ttfb)
         self.admission_child = _Cached(self.admissions)
+        self.settled_child = _Cached(self.settled_tokens)
+        self.store_child = _Cached(self.store_latency)
 
     def tenant(self, name: str) -> str:
         return name if self.tenant_labels else ""
@@ -326,7 +328,7 @@ class Metrics:
         self.denials.labels(_LIMITS.get(reason, "other")).inc()
 
     def settled(self, route: str, tenant: str, tokens: int, delta: int) -> None:
-        self.settled_tokens.labels(route, self.tenant(tenant)).inc(tokens)
+        self.settled_child(route, self.tenant(tenant)).inc(tokens)
         if delta:
             self.settlement_corrections.labels("refund" if delta < 0 else "overcharge").inc(
                 abs(delta)
@@ -336,7 +338,7 @@ class Metrics:
         self.store_failures.labels(operation).inc()
 
     def store_call(self, operation: str, seconds: float) -> None:
-        self.store_latency.labels(operation).observe(seconds)
+        self.store_child(operation).observe(seconds)
 
     def degraded(self, on: bool) -> None:
         self.store_degraded.set(1 if on else 0)
