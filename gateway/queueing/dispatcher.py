@@ -205,7 +205,7 @@ class Queues:
         recheck_s: float,
         weights: dict[str, float],
         is_tenant_limit: Callable[[Bucket], bool],
-        refuse_when_hopeless: bool = True,
+        refuse_when_hopeless: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limiter = limiter
