@@ -31,6 +31,7 @@ from tests.load.scenarios import Reply, percentile
 
 MODELS = len(PAIRS)
 RECHECK_S = 1.0  # queue.recheck_s (the default)
+BACKGROUND = 6  # script / HGETALL calls a second of one replica's background tasks (measured 5.4)
 SLOT_S = 0.25  # limiter.slot_ms (the default): capacity returns slot by slot
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]  # the shared run takes ~100 s
@@ -134,14 +135,19 @@ def test_waiting_requests_do_not_poll_redis(run: Contended) -> None:
     assert waiting >= 150
     # Round trips: an attempt for a queue's head per arrival (it may be the new head) or per
     # recheck_s, per hint (at most once a slot while capacity returns), and an admission and
-    # a settlement per admitted request; one learned-quota refresh per replica a second.
-    constant = REPLICAS * (MODELS / RECHECK_S + 1)
+    # a settlement per admitted request; one learned-quota refresh per replica a second, and
+    # each replica's other background reads (the calibration refresh a second, the tenant
+    # registry's reloads and the metrics' pool refresh): BACKGROUND calls a second at most.
+    constant = REPLICAS * (MODELS / RECHECK_S + 1 + BACKGROUND)
     assert blocked["evalsha"] + blocked["hgetall"] <= (
         offered + 2 * blocked["admitted"] + constant + 2
     )  # fmt: skip
     assert burst["evalsha"] + burst["hgetall"] <= (
-        offered + 2 * burst["admitted"] + REPLICAS * (MODELS / SLOT_S + 1) + 2
+        offered + 2 * burst["admitted"] + REPLICAS * (MODELS / SLOT_S + 1 + BACKGROUND) + 2
     )  # fmt: skip
     # ... each a handful of commands inside the scripts; nothing near one per waiting request
     assert blocked["commands"] <= 6 * (blocked["evalsha"] + blocked["hgetall"])
-    assert blocked["commands"] < 0.5 * waiting
+    # Polling once a second per waiter would be >= ``waiting`` commands a second; the
+    # replicas' background polls (tenant registry version every 0.25 s, calibration, metrics)
+    # are about 40 of the commands counted here.
+    assert blocked["commands"] < 0.75 * waiting
