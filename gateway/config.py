@@ -13,11 +13,29 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.calibration import CalibrationPolicy
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _sha256_hex(value: str) -> str:
+    if not _SHA256_HEX.match(value):
+        raise ValueError("a SHA-256 digest must be 64 lower-case hex characters")
+    return value
+
+
+Sha256Hex = Annotated[str, AfterValidator(_sha256_hex)]
+"""A key's SHA-256 (``bedrock-gateway hash-key``): keys are stored only as digests."""
 _ACCESS_KEY_ID = re.compile(r"^[A-Z0-9]{16,128}$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -244,7 +262,7 @@ class AccessKeyConfig(_Frozen):
 
 
 class TenantConfig(_Frozen):
-    key_sha256: list[str] = []
+    key_sha256: list[Sha256Hex] = []
     """SHA-256 (hex) of each bearer API key this tenant may use."""
     access_keys: list[AccessKeyConfig] = []
     models: list[str] | None = None
@@ -289,32 +307,17 @@ class TenantConfig(_Frozen):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    @field_validator("key_sha256")
-    @classmethod
-    def _hex_digests(cls, v: list[str]) -> list[str]:
-        for digest in v:
-            if not _SHA256_HEX.match(digest):
-                raise ValueError("key_sha256 must be 64 lower-case hex characters")
-        return v
-
 
 class AdminKeyConfig(_Frozen):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
     """Who uses this key: the audit log records changes under this name."""
-    key_sha256: str
-
-    @field_validator("key_sha256")
-    @classmethod
-    def _hex_digest(cls, v: str) -> str:
-        if not _SHA256_HEX.match(v):
-            raise ValueError("key_sha256 must be 64 lower-case hex characters")
-        return v
+    key_sha256: Sha256Hex
 
 
 class MetricsConfig(_Frozen):
     """Prometheus metrics at ``/metrics`` (docs/operations.md)."""
 
-    token_sha256: list[str] = []
+    token_sha256: list[Sha256Hex] = []
     """SHA-256 (hex) of each scrape token; when set, ``/metrics`` needs ``Authorization:
     Bearer <token>`` (Prometheus ``authorization.credentials_file``). None: open."""
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
@@ -331,20 +334,12 @@ class MetricsConfig(_Frozen):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
-    @field_validator("token_sha256")
-    @classmethod
-    def _hex_digests(cls, v: list[str]) -> list[str]:
-        for digest in v:
-            if not _SHA256_HEX.match(digest):
-                raise ValueError("token_sha256 must be 64 lower-case hex characters")
-        return v
-
 
 class AdminConfig(_Frozen):
     """The admin API's own credential (``Authorization: Bearer <admin key>``) and where the
     runtime-managed tenants live."""
 
-    key_sha256: list[str] = []
+    key_sha256: list[Sha256Hex] = []
     """SHA-256 (hex) of each admin key, audited as ``admin-1``, ``admin-2``, …; with ``keys``
     empty too, the admin API answers 403 to everyone."""
     keys: list[AdminKeyConfig] = []
@@ -371,14 +366,6 @@ class AdminConfig(_Frozen):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
-
-    @field_validator("key_sha256")
-    @classmethod
-    def _hex_digests(cls, v: list[str]) -> list[str]:
-        for digest in v:
-            if not _SHA256_HEX.match(digest):
-                raise ValueError("key_sha256 must be 64 lower-case hex characters")
-        return v
 
     def named_keys(self) -> list[tuple[str, str]]:
         """(name, digest) of every admin key."""
