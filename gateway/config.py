@@ -222,6 +222,17 @@ class AccountConfig(_Frozen):
         return self
 
 
+class PriceConfig(_Frozen):
+    """What Bedrock bills for a model, in USD per 1,000 tokens (gateway/pricing.py)."""
+
+    input: Annotated[float, Field(ge=0, le=1000)]
+    output: Annotated[float, Field(ge=0, le=1000)]
+    cache_read: Annotated[float, Field(ge=0, le=1000)] | None = None
+    """Cache-read input tokens; absent means the ``input`` price."""
+    cache_write: Annotated[float, Field(ge=0, le=1000)] | None = None
+    """Cache-write input tokens; absent means the ``input`` price."""
+
+
 class RouteConfig(_Frozen):
     """One way to reach a model: an account, a source region and an on-demand id or profile."""
 
@@ -235,6 +246,9 @@ class RouteConfig(_Frozen):
     tokens_per_day: Annotated[int, Field(ge=1)] | None = None
     max_concurrency: Annotated[int, Field(ge=1)] | None = None
     """Requests in flight at once on this route."""
+    price: PriceConfig | None = None
+    """This route's own price (a region or cross-region profile billed differently), in place
+    of the model's ``price``."""
 
 
 class ModelConfig(_Frozen):
@@ -244,6 +258,8 @@ class ModelConfig(_Frozen):
     """Quota tokens charged per output token (5 for Claude 3.7 Sonnet and Claude 4.x)."""
     max_output_tokens: Annotated[int, Field(ge=1)] = 4096
     """What Bedrock reserves when a request sets no max tokens (the model's maximum)."""
+    price: PriceConfig | None = None
+    """USD per 1,000 tokens; absent: calls of this model cost nothing against spend budgets."""
     routes: Annotated[list[RouteConfig], Field(min_length=1)]
     fallback: list[str] = []
 
