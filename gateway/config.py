@@ -351,6 +351,16 @@ class MetricsConfig(_Frozen):
         return [v] if isinstance(v, str) else v
 
 
+class LoggingConfig(_Frozen):
+    """The gateway's logs on stderr (docs/operations.md)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    """``json``: one object per line, for a log pipeline; ``text``: for a terminal."""
+    access_log: bool = False
+    """One ``gateway.access`` line per request (at INFO). Off: a healthy request logs nothing."""
+
+
 class AdminConfig(_Frozen):
     """The admin API's own credential (``Authorization: Bearer <admin key>``) and where the
     runtime-managed tenants live."""
@@ -397,6 +407,7 @@ class GatewayConfig(_Frozen):
     calibration: CalibrationConfig = CalibrationConfig()
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
     accounts: dict[str, AccountConfig]
     models: dict[str, ModelConfig]
     tenants: dict[str, TenantConfig] = {}

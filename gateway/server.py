@@ -9,22 +9,21 @@ serves HTTP/1.1 only, with uvicorn. docs/benchmarks.md compares the two.
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import signal
 from pathlib import Path
 from typing import Any
 
-from gateway import preflight
+from gateway import logs, preflight
 from gateway.api.app import create_app
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, LoggingConfig
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 _FACTORY = "gateway.api.app:app_from_env"  # each worker process builds its own app from it
 
 
 def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT)
+    """Text logs at ``level`` (the demo and the command-line tools)."""
+    logs.configure(LoggingConfig(level=level.upper(), format="text"))
 
 
 def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
@@ -54,7 +53,7 @@ def granian_options(config: GatewayConfig) -> dict[str, Any]:
         "loop": Loops.uvloop,
         "factory": True,
         "log_access": False,  # the data plane logs one line per request itself
-        "log_dictconfig": _granian_logging(),
+        "log_dictconfig": _granian_logging(config),
         # Workers stop accepting on SIGTERM and finish what is in flight; past the grace
         # period they are killed (granian takes whole seconds, at least one).
         "workers_kill_timeout": max(1, round(server.shutdown_grace_s)),
@@ -63,19 +62,16 @@ def granian_options(config: GatewayConfig) -> dict[str, Any]:
     }
 
 
-def _granian_logging() -> dict[str, Any]:
-    """granian's own logging setup, plus the gateway's loggers (through the root logger) in
-    the same format as under uvicorn; workers apply it when they start."""
+def _granian_logging(config: GatewayConfig) -> dict[str, Any]:
+    """granian's own logging setup, plus the gateway's loggers (through the root logger) as
+    ``logging:`` says; workers apply it when they start."""
     from granian.log import LOGGING_CONFIG
 
     settings: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    settings["formatters"]["gateway"] = {"()": "logging.Formatter", "fmt": LOG_FORMAT}
-    settings["handlers"]["gateway"] = {
-        "formatter": "gateway",
-        "class": "logging.StreamHandler",
-        "stream": "ext://sys.stderr",
-    }
-    settings["root"] = {"handlers": ["gateway"], "level": "INFO"}
+    ours = logs.dict_config(config.logging)
+    settings["formatters"]["gateway"] = ours["formatters"]["gateway"]
+    settings["handlers"]["gateway"] = ours["handlers"]["gateway"]
+    settings["root"] = ours["root"]
     return settings
 
 
@@ -90,7 +86,7 @@ def _stop_quietly() -> None:
 def serve(config: GatewayConfig, config_path: str) -> None:
     """Serve until SIGINT/SIGTERM. Raises ``ConfigError`` for a config that cannot start and
     ``StartupError`` for what the start-up checks find (gateway/preflight.py)."""
-    configure_logging()
+    logs.configure(config.logging)
     preflight.run(config)
     create_app(config)  # fail here, with a clear message, on a missing secret or Redis URL
     if config.server.http == "auto" or config.server.workers > 1:

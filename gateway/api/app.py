@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from gateway import logs
 from gateway.api.admin import (
     AdminGuard,
     AdminKeys,
@@ -291,6 +292,7 @@ def create_app(
         metrics=metrics,
         max_body_bytes=config.server.max_body_bytes,
         default_wait_s=config.queue.max_wait_s,
+        access_log=config.logging.access_log,
     )
     parts = Parts(catalog, credentials, upstream, store, limiter, queues, learned, calibrations,
                   tenancy)  # fmt: skip
@@ -354,4 +356,6 @@ def app_from_env() -> GatewayApp:
     path = os.environ.get("GATEWAY_CONFIG")
     if not path:
         raise ConfigError("GATEWAY_CONFIG is not set")
-    return create_app(load_config(path))
+    config = load_config(path)
+    logs.configure(config.logging)  # a spawned worker does not inherit the parent's set-up
+    return create_app(config)

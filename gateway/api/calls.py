@@ -56,6 +56,10 @@ class Call:
     """The label of the route that answered (the last one tried)."""
     outside_s: float = 0.0
     """Seconds spent upstream (or relaying a stream), queued and backing off: not overhead."""
+    attempts: int = 0
+    """Upstream attempts made (the access log)."""
+    usage: cost.Usage | None = None
+    """What the last answer reported it used (the access log)."""
 
     @property
     def priority(self) -> str:
@@ -171,6 +175,7 @@ class Calls:
         reserved = cost.reservation(estimate, model.output_burndown)
 
         def observe(usage: cost.Usage) -> None:
+            call.usage = usage
             self._calibrations.observe(key, raw.input_tokens, true_input(usage))
             self._metrics.used_tokens(call.tenant.name, model.name, usage,
                                       cost.charge(usage, model.output_burndown))  # fmt: skip
@@ -193,6 +198,7 @@ class Calls:
         async def attempt(ticket: Ticket, number: int) -> Answer:
             nonlocal ended
             call.route = ticket.route.label
+            call.attempts = number
             ours = gateway_headers(ticket, model.name, call.queued_s, number)
             try:
                 if call.operation in STREAM_OPERATIONS:

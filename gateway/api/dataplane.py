@@ -21,9 +21,11 @@ from urllib.parse import unquote
 
 import orjson
 
+from gateway import logs
 from gateway.api.asgi import (
     ClientDisconnected,
     Headers,
+    Message,
     Receive,
     Scope,
     Send,
@@ -167,6 +169,7 @@ class DataPlane:
         metrics: Metrics,
         max_body_bytes: int,
         default_wait_s: float,
+        access_log: bool = False,
     ) -> None:
         self._catalog = catalog
         self._auth = authenticator
@@ -175,11 +178,14 @@ class DataPlane:
         self._default_wait_s = default_wait_s
         self._metrics = metrics
         self._max_body = max_body_bytes
+        self._access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = new_request_id()
         outcome = _Outcome()
+        if self._access_log:
+            send = outcome.watch(send)
         try:
             reply = await self._handle(scope, receive, send, outcome, request_id)
         except ClientDisconnected:
@@ -213,8 +219,8 @@ class DataPlane:
         self._metrics.request(outcome.tenant, outcome.model, outcome.route, outcome.operation,
                               outcome.kind or upstream_outcome(status), elapsed,
                               overhead)  # fmt: skip
-        log.info("%s %s %s %s %d %.1fms", request_id, outcome.tenant, outcome.operation,
-                 outcome.model, status, elapsed * 1000)  # fmt: skip
+        if self._access_log:
+            logs.access(outcome.fields(request_id, status, elapsed, overhead))
 
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, outcome: _Outcome, request_id: str
@@ -249,6 +255,7 @@ class DataPlane:
             outcome.model = call.answered_by or outcome.model
             outcome.route = call.route
             outcome.outside_s = call.outside_s
+            outcome.call = call
 
     def _max_wait_s(self, caller: Caller, request: _Request) -> float:
         """The queue deadline: the tenant's cap (or the default), lowered by the request's ask."""
@@ -298,3 +305,38 @@ class _Outcome:
     outside_s: float | None = None
     """Seconds upstream, queued or backing off (None: no model call was made)."""
     streamed: bool = False
+    call: Call | None = None
+    answered_id: str | None = None
+    """The request id the client was told (upstream's on a forwarded answer)."""
+
+    def watch(self, send: Send) -> Send:
+        """``send``, noting the request id in the response's headers (only for the access log)."""
+
+        async def watching(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"x-amzn-requestid":
+                        self.answered_id = value.decode("latin-1")
+            await send(message)
+
+        return watching
+
+    def fields(
+        self, request_id: str, status: int, elapsed: float, overhead: float | None
+    ) -> dict[str, object]:
+        """The access-log line: what the request turned out to be, never what it carried."""
+        call, usage = self.call, self.call.usage if self.call else None
+        return {
+            "request_id": self.answered_id or request_id, "gateway_request_id": request_id,
+            "tenant": self.tenant, "model": self.model,
+            "route": self.route, "operation": self.operation, "priority": self.priority,
+            "status": status, "outcome": self.kind or upstream_outcome(status),
+            "streamed": self.streamed, "latency_ms": round(elapsed * 1000, 2),
+            "overhead_ms": None if overhead is None else round(overhead * 1000, 3),
+            "queue_ms": round(call.queued_s * 1000) if call else None,
+            "attempts": call.attempts if call else 0,
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "cache_read_tokens": usage.cache_read_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+        }  # fmt: skip

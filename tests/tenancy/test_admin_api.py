@@ -15,6 +15,7 @@ import trustme
 
 from gateway.auth import hash_key
 from gateway.config import parse_config
+from gateway.logs import JsonFormatter
 from gateway.tenancy.secrets import new_sealing_key
 from tests.conftest import BEARER, ENVIRON, ClientFactory, gateway_settings
 from tests.servers import RedisServer, ServerThread
@@ -45,6 +46,7 @@ def admin_gateway(
     settings["limiter"] = {"backend": "redis", "redis_url": redis_server.url, "key_prefix": prefix}
     settings["admin"] = {"key_sha256": [hash_key(ADMIN_KEY)],
                          "keys": [{"name": "ops", "key_sha256": hash_key(OPS_KEY)}]}  # fmt: skip
+    settings["logging"] = {"access_log": True}  # so the secrets check reads every request's line
     from gateway.api.app import create_app
 
     app = create_app(
@@ -185,7 +187,10 @@ def test_issued_keys_work_with_boto3_and_revoked_ones_do_not(
         # ...nor the gateway's logs (every level; boto3's own client logs are not the gateway's)
         # or its metrics.
         ours = [r for r in caplog.records if r.name.startswith(("gateway", "uvicorn"))]
-        exposed = "\n".join(r.getMessage() for r in ours) + admin.get("/metrics").text
+        lines = "\n".join(JsonFormatter().format(r) for r in ours)
+        assert '"logger":"gateway.access"' in lines
+        assert '"tenant":"keys-1"' in lines
+        exposed = lines + admin.get("/metrics").text
         assert "team-a" in exposed or "keys-1" in exposed  # they do see the traffic
         for secret in plaintexts:
             assert secret not in exposed
