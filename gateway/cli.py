@@ -1,4 +1,5 @@
-"""The ``bedrock-gateway`` command: serve, simulator, demo, check-config, hash-key, quotas."""
+"""The ``bedrock-gateway`` command: serve, simulator, demo, check-config, hash-key, quotas, and
+the admin API's tenants, usage and pools (``gateway/admin_cli.py``)."""
 
 from __future__ import annotations
 
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--write", action="store_true", help="update the file (comments and layout kept)"
     )
     sync.set_defaults(func=_quotas_sync)
+
+    from gateway.admin_cli import add_commands
+
+    add_commands(sub)  # tenants, usage, pools: clients of a running gateway's admin API
     return parser
 
 
