@@ -16,7 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 
+from gateway.api.app import create_app
 from gateway.auth import hash_key
 from gateway.config import parse_config
 from gateway.tenancy.secrets import new_sealing_key
@@ -231,6 +233,26 @@ def test_errors_and_exit_codes(gw: GatewayProcess, simulator: ServerThread) -> N
     assert failed.stderr.startswith(
         "bedrock-gateway: the gateway failed (503 ServiceUnavailableException, field kind): "
         "SigV4 credentials need a sealing key")  # fmt: skip
+
+
+def test_tls_with_a_private_ca(
+    simulator: ServerThread, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    ca, folder = trustme.CA(), tmp_path_factory.mktemp("cli-tls")
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    app = create_app(parse_config(_settings(simulator)), environ=ENVIRON)
+    with ServerThread(app, ssl_certfile=str(folder / "cert.pem"),
+                      ssl_keyfile=str(folder / "key.pem")) as server:  # fmt: skip
+        assert server.url.startswith("https://")
+        untrusted = cli("tenants", "list", url=server.url)
+        assert untrusted.returncode == 3
+        assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+        listed = ok_json("tenants", "list", "--cacert", str(folder / "ca.pem"), url=server.url)
+        assert {"team-a", "team-b"} <= {t["id"] for t in listed["tenants"]}
+        assert cli("pools", "--cacert", str(folder / "nope.pem"), url=server.url).returncode == 2
 
 
 def test_pools(gw: GatewayProcess) -> None:
