@@ -176,8 +176,8 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
+    if isinstance(value, float):  # JSON numbers may come as floats: 100000.0 is 100000
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else str(value)
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value) if value else "(none)"
     if isinstance(value, dict):
@@ -386,17 +386,18 @@ def _usage_headers(*first: str) -> tuple[str, ...]:
 def _budget_rows(budgets: list[dict[str, Any]], *first: Any) -> list[list[Any]]:
     rows = []
     for b in budgets:
-        limit, used = b.get("limit"), b.get("used")
-        spend = "spend" in str(b.get("name", "")) or "usd" in str(b.get("name", ""))
-        share = (f"{100 * used / limit:.1f}%"
-                 if isinstance(limit, (int, float)) and isinstance(used, (int, float)) and limit
-                 else None)  # fmt: skip
-        rows.append([*first, b.get("name"), _usd(limit) if spend else limit,
-                     _usd(used) if spend else used, share, _when(b.get("resets_at"))])  # fmt: skip
+        limit, used, left = b.get("limit"), b.get("used"), b.get("remaining")
+        share = None
+        if isinstance(limit, (int, float)) and isinstance(used, (int, float)):
+            left = max(0, limit - used) if left is None else left
+            share = f"{100 * used / limit:.1f}%" if limit else None
+        money = _usd if "usd" in str(b.get("name", "")) else (lambda v: v)
+        rows.append([*first, b.get("name"), money(limit), money(used), money(left), share,
+                     _when(b.get("resets_at"))])  # fmt: skip
     return rows
 
 
-BUDGET_HEADERS = ("BUDGET", "LIMIT", "USED", "USED %", "RESETS AT")
+BUDGET_HEADERS = ("BUDGET", "LIMIT", "USED", "REMAINING", "USED %", "RESETS AT")
 
 
 def _tenant_usage_text(u: dict[str, Any]) -> str:
@@ -430,8 +431,19 @@ def _all_usage_text(data: dict[str, Any]) -> str:
 def _usage(client: AdminClient, args: argparse.Namespace) -> None:
     if args.tenant:
         _emit(args, client.call("GET", _p("tenants", args.tenant, "usage")), _tenant_usage_text)
-    else:
-        _emit(args, client.call("GET", _p("usage")), _all_usage_text)
+        return
+    tenants: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:  # pages in tenant id order: the next starts after the last one seen
+        params: dict[str, Any] = {"limit": args.page_size}
+        if after is not None:
+            params["after"] = after
+        got = client.call("GET", _p("usage"), params=params).get("tenants") or []
+        tenants += got
+        if len(got) < args.page_size or not got or got[-1].get("tenant") in (None, after):
+            break
+        after = got[-1]["tenant"]
+    _emit(args, {"tenants": tenants}, _all_usage_text)
 
 
 def _pools_text(data: dict[str, Any]) -> str:
@@ -624,4 +636,6 @@ def add_commands(sub: Any) -> None:
     usage = leaf(sub, "usage", _usage,
                  "tokens, requests, throttling and spend this minute, day and month")  # fmt: skip
     usage.add_argument("tenant", nargs="?", help="one tenant, by model too (default: every tenant)")
+    usage.add_argument("--page-size", type=int, default=500, metavar="N",
+                       help="tenants per admin API call, without TENANT (1-500)")  # fmt: skip
     leaf(sub, "pools", _pools, "every quota pool: limits and learned quota factor")

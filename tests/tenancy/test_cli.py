@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import pytest
@@ -340,7 +341,7 @@ USAGE = {
                                  "month": USAGE_PERIOD}},
     "budgets": [{"name": "tokens_per_day", "limit": 100000, "used": 6200,
                  "resets_at": 1796342400},
-                {"name": "monthly_spend_usd", "limit": 5.0, "used": 0.0186,
+                {"name": "monthly_spend_usd", "limit": 5.0, "used": 0.0186, "remaining": 4.9814,
                  "resets_at": 1798761600},
                 {"name": "tpm", "limit": 100000, "used": 1200, "resets_at": None}],
 }  # fmt: skip
@@ -356,10 +357,13 @@ async def _usage_stub(scope: dict[str, Any], receive: Any, send: Any) -> None:
         status, body = 403, b'{"message": "The admin key is not valid.", "type": "x"}'
     elif scope["path"] == "/admin/tenants/search/usage":
         body = json.dumps(USAGE).encode()
-    elif scope["path"] == "/admin/usage":
-        body = json.dumps({"tenants": [{k: v for k, v in USAGE.items() if k != "models"},
-                                       {"tenant": "ads", "at": 1796299200, "periods": {},
-                                        "budgets": []}]}).encode()  # fmt: skip
+    elif scope["path"] == "/admin/usage":  # paged like the gateway's: limit, after
+        query = dict(parse_qsl(scope["query_string"].decode()))
+        every = [{"tenant": "ads", "at": 1796299200, "periods": {}, "budgets": []},
+                 {k: v for k, v in USAGE.items() if k != "models"}]  # fmt: skip
+        after = query.get("after", "")
+        page = [u for u in every if str(u["tenant"]) > after][: int(query.get("limit", 100))]
+        body = json.dumps({"tenants": page}).encode()
     else:
         status, body = 404, b'{"message": "No such admin operation.", "type": "x"}'
     await send({"type": "http.response.start", "status": status,
@@ -377,12 +381,15 @@ def test_usage_tables_from_the_documented_shape() -> None:
         assert _row(text, "month")[2] == "40"
         assert _row(text, "claude-sonnet")[:4] == ["claude-sonnet", "minute",
                                                    "2026-12-03T00:00:00Z", "12"]  # fmt: skip
-        assert _row(text, "tokens_per_day") == ["tokens_per_day", "100000", "6200", "6.2%",
-                                                "2026-12-04T00:00:00Z"]  # fmt: skip
+        assert _row(text, "tokens_per_day") == ["tokens_per_day", "100000", "6200", "93800",
+                                                "6.2%", "2026-12-04T00:00:00Z"]  # fmt: skip
         assert _row(text, "monthly_spend_usd") == ["monthly_spend_usd", "5.00", "0.0186",
-                                                   "0.4%", "2027-01-01T00:00:00Z"]  # fmt: skip
+                                                   "4.9814", "0.4%",
+                                                   "2027-01-01T00:00:00Z"]  # fmt: skip
         assert _row(text, "tpm")[-1] == "-"
 
+        paged = ok_json("usage", "--page-size", "1", url=stub.url)["tenants"]
+        assert [u["tenant"] for u in paged] == ["ads", "search"]
         every = ok("usage", url=stub.url)
         assert _row(every, "search")[:4] == ["search", "minute", "2026-12-03T11:59:00Z", "2"]
         assert _row(every, "ads")[1:4] == ["minute", "-", "-"]
