@@ -77,11 +77,20 @@ class AdminClient:
                      "user-agent": "bedrock-gateway-cli"},
         )  # fmt: skip
 
+    @property
+    def url(self) -> str:
+        return self._url
+
     def close(self) -> None:
         self._http.close()
 
     def _scrub(self, text: str) -> str:
-        return " ".join(text.replace(self._key, "<admin key>").split())
+        """``text`` on one line, without the admin key (a belt to the braces of checking the key
+        before it is sent: no library then has reason to repeat it). A key too short to be
+        anything but a test's would match ordinary words."""
+        if len(self._key) >= 8:
+            text = text.replace(self._key, "<admin key>")
+        return " ".join(text.split())
 
     def call(
         self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None
@@ -89,6 +98,8 @@ class AdminClient:
         """The answer's JSON (None for 204); raises CliError with the exit code it means."""
         try:
             reply = self._http.request(method, path, json=body, params=params)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise CliError(USAGE, f"the gateway URL {self._url} is not usable: {exc}") from None
         except httpx.TimeoutException as exc:
             raise CliError(UNREACHABLE, f"the gateway at {self._url} did not answer in time "
                                         f"({type(exc).__name__})") from None  # fmt: skip
@@ -130,6 +141,11 @@ def _client(args: argparse.Namespace) -> AdminClient:
         raise CliError(USAGE, f"no gateway URL: give --url or set {URL_ENV}")
     if not url.startswith(("http://", "https://")):
         raise CliError(USAGE, f"the gateway URL must start with http:// or https://: {url}")
+    try:
+        if not httpx.URL(url).host:
+            raise httpx.InvalidURL("no host")
+    except httpx.InvalidURL as exc:
+        raise CliError(USAGE, f"the gateway URL {url} is not usable: {exc}") from None
     key = args.admin_key if args.admin_key is not None else os.environ.get(KEY_ENV, "")
     if key == "-":
         key = sys.stdin.readline()
@@ -480,6 +496,9 @@ def run(args: argparse.Namespace) -> int:
         client = _client(args)
         try:
             args.action(client, args)
+        except (AttributeError, KeyError, TypeError) as exc:  # JSON, but not the admin API's
+            what = f"the answer from {client.url} is not shaped like the admin API's"
+            raise CliError(UNREACHABLE, f"{what} ({type(exc).__name__})") from None
         finally:
             client.close()
     except CliError as exc:

@@ -193,6 +193,7 @@ def test_errors_and_exit_codes(gw: GatewayProcess, simulator: ServerThread) -> N
     assert "no admin key" in cli("pools", url=url, key=None).stderr
     assert "no gateway URL" in cli("pools", url=None).stderr
     assert cli("pools", url="127.0.0.1:8080").returncode == 2
+    assert cli("pools", url="http://[::1").returncode == 2
     piped = cli("pools", "--admin-key", "-", url=url, key=None, stdin=ADMIN_KEY + "\n")
     assert piped.returncode == 0, piped.stderr
 
@@ -364,6 +365,10 @@ async def _usage_stub(scope: dict[str, Any], receive: Any, send: Any) -> None:
         after = query.get("after", "")
         page = [u for u in every if str(u["tenant"]) > after][: int(query.get("limit", 100))]
         body = json.dumps({"tenants": page}).encode()
+    elif scope["path"] == "/admin/pools":  # JSON, not the admin API's
+        body = b"[1, 2]"
+    elif scope["path"] == "/admin/tenants":  # not JSON at all
+        body = b"<html>a login page</html>"
     else:
         status, body = 404, b'{"message": "No such admin operation.", "type": "x"}'
     await send({"type": "http.response.start", "status": status,
@@ -395,3 +400,8 @@ def test_usage_tables_from_the_documented_shape() -> None:
         assert _row(every, "ads")[1:4] == ["minute", "-", "-"]
         assert "monthly_spend_usd" in every
         assert cli("usage", "nobody", url=stub.url).returncode == 1
+        # Something that is not a bedrock-gateway: exit 3, one line, no traceback.
+        for args in (["pools"], ["tenants", "list"]):
+            odd = cli(*args, url=stub.url)
+            assert odd.returncode == 3
+            assert odd.stderr.startswith(f"bedrock-gateway: the answer from {stub.url}")
