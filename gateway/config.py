@@ -304,7 +304,7 @@ class TenantConfig(_Frozen):
     display_name: Annotated[str, Field(max_length=200)] | None = None
     """A readable name for people (the mapping key is the tenant's id)."""
     monthly_spend_usd: Annotated[float, Field(gt=0, le=1e9)] | None = None
-    """Budget: US dollars per UTC calendar month (stored and validated; not enforced yet)."""
+    """Budget: US dollars per UTC calendar month, priced by the models' ``price`` tables."""
     labels: dict[str, Annotated[str, Field(max_length=256)]] = {}
     """Free-form labels (team, cost centre), at most 32."""
 
@@ -349,6 +349,18 @@ class MetricsConfig(_Frozen):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+
+class UsageConfig(_Frozen):
+    """How long usage per tenant and model is kept in the store (the admin API's usage, the
+    CLI), per kind of period. Each tenant keeps one small hash per period retained."""
+
+    retain_minutes_h: Annotated[float, Field(gt=0, le=24 * 40)] = 48.0
+    """Per-minute counts, this many hours."""
+    retain_days_d: Annotated[float, Field(gt=0, le=3660)] = 400.0
+    """Per-day counts, this many days."""
+    retain_months_d: Annotated[float, Field(gt=0, le=3660)] = 800.0
+    """Per-month counts, this many days."""
 
 
 class LoggingConfig(_Frozen):
@@ -407,6 +419,7 @@ class GatewayConfig(_Frozen):
     calibration: CalibrationConfig = CalibrationConfig()
     admin: AdminConfig = AdminConfig()
     metrics: MetricsConfig = MetricsConfig()
+    usage: UsageConfig = UsageConfig()
     logging: LoggingConfig = LoggingConfig()
     accounts: dict[str, AccountConfig]
     models: dict[str, ModelConfig]

@@ -92,6 +92,27 @@ class Throttled(GatewayError):
         return [(b"x-amz-retry-after", ms), (b"retry-after-ms", ms), (b"retry-after", seconds)]
 
 
+class BudgetExhausted(GatewayError):
+    """A tenant's day or month budget is spent: nothing will fit before it resets.
+
+    Bedrock's own ServiceQuotaExceededException (400), which no SDK retries: botocore's
+    retry modes retry throttling error codes and 429, 5xx; the Anthropic SDK 408, 409, 429 and
+    5xx (and it honours ``x-should-retry: false``). A 429 instead would make each SDK retry
+    its whole budget of attempts, at once, for every call, until the reset (docs/admin-api.md).
+    """
+
+    error_type = "ServiceQuotaExceededException"
+    status = 400
+
+    def __init__(self, message: str, resets_at_ms: int) -> None:
+        super().__init__(message)
+        self.resets_at_ms = resets_at_ms
+
+    def extra_headers(self) -> Headers:
+        resets = str(self.resets_at_ms // 1000).encode()
+        return [(b"x-should-retry", b"false"), (b"x-gateway-budget-resets-at", resets)]
+
+
 def new_request_id() -> str:
     return str(uuid.uuid4())
 

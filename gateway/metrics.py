@@ -27,7 +27,8 @@ _STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 _LIMITS = {"tokens per minute": "tpm", "requests per minute": "rpm",
            "tokens per day": "tokens_per_day", "tokens per month": "tokens_per_month",
-           "concurrent requests": "max_concurrency"}  # fmt: skip
+           "concurrent requests": "max_concurrency",
+           "spend per month": "monthly_spend_usd"}  # fmt: skip
 """A bucket label's head (``gateway.limiter.service``) → the config field of that limit."""
 
 
@@ -46,7 +47,9 @@ def refusal(message: str, pools: frozenset[str]) -> tuple[str, str, str]:
     if marker.startswith("draining"):
         return "draining", "", "draining"
     reason = "no_capacity"
-    if "still at capacity after" in marker:
+    if "has no room for this request" in message:
+        reason = "budget_exhausted"
+    elif "still at capacity after" in marker:
         reason = "queue_timeout"
     elif "the requests queued ahead" in marker:
         reason = "hopeless"

@@ -68,12 +68,17 @@ class PriceTable:
     def __init__(self, models: Mapping[str, ModelConfig]) -> None:
         self._model: dict[str, Price] = {}
         self._route: dict[tuple[str, str], Price] = {}
+        self._any: dict[str, tuple[Price, ...]] = {}
+        """Per model, every price one of its calls may be billed at (costing before routing)."""
         for name, config in models.items():
             base = FREE if config.price is None else Price.of(config.price)
             self._model[name] = base
+            prices = {base}
             for rc in config.routes:
                 price = base if rc.price is None else Price.of(rc.price)
                 self._route[(name, route_of(config, rc).label)] = price
+                prices.add(price)
+            self._any[name] = tuple(p for p in prices if p != FREE)
 
     def price(self, model: str, route: Route | str | None = None) -> Price:
         """The price of ``model`` on ``route`` (a ``Route`` or its ``label``); the model's own
@@ -87,9 +92,7 @@ class PriceTable:
 
     def priced(self, model: str) -> bool:
         """Whether any call of ``model`` can cost anything."""
-        return self._model.get(model, FREE) != FREE or any(
-            p != FREE for (m, _), p in self._route.items() if m == model
-        )
+        return bool(self._any.get(model))
 
     def cost_micros(self, model: str, route: Route | str | None, usage: Usage) -> int:
         return self.price(model, route).cost_micros(usage)
@@ -105,6 +108,4 @@ class PriceTable:
     def max_cost_micros_any(self, model: str, est: Estimate) -> int:
         """The most a request may cost on whichever route of ``model`` takes it: what a spend
         budget reserves at admission, before the route is chosen."""
-        prices = [p for (m, _), p in self._route.items() if m == model]
-        prices.append(self._model.get(model, FREE))
-        return max(p.max_cost_micros(est) for p in prices)
+        return max((p.max_cost_micros(est) for p in self._any.get(model, ())), default=0)

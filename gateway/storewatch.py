@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from gateway.limiter.core import Admitted, Bucket, Decision, Plan
+from gateway.limiter.core import Admitted, Bucket, Decision, Plan, Tally
 from gateway.limiter.redis_store import RedisStore, StoreUnavailable
 
 log = logging.getLogger("gateway.metrics")
@@ -38,13 +38,21 @@ class TimedStore:
             self._observe("admit", time.perf_counter() - started)
 
     async def settle(
-        self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None
-    ) -> None:
+        self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None, *,
+        spend: int = 0, tally: Tally | None = None,
+    ) -> None:  # fmt: skip
         started = time.perf_counter()
         try:
-            await self.inner.settle(plan, admitted, delta, now_ms)
+            await self.inner.settle(plan, admitted, delta, now_ms, spend=spend, tally=tally)
         finally:
             self._observe("settle", time.perf_counter() - started)
+
+    async def tallies(self, keys: list[str]) -> list[dict[str, int]]:
+        """Forwarded untimed, like ``seed``: not a request's call."""
+        return await self.inner.tallies(keys)
+
+    async def add_tally(self, tally: Tally) -> None:
+        await self.inner.add_tally(tally)
 
     async def seed(self, windows: list[tuple[Bucket, dict[int, int]]]) -> int:
         """Forwarded untimed: once per outage, not a request's call (failover.py's rejoin)."""

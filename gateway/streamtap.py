@@ -83,12 +83,16 @@ class StreamTap:
     def settlement(self, estimate: cost.Estimate, burndown: float, reserved: int) -> int:
         """Quota tokens to settle on: the reported usage; the best count known once any frame
         arrived; the whole reservation when nothing at all is known."""
+        usage = self.settled_usage(estimate)
+        return reserved if usage is None else cost.charge(usage, burndown)
+
+    def settled_usage(self, estimate: cost.Estimate) -> cost.Usage | None:
+        """The usage the stream reported, else the best count known once any frame arrived
+        (what the call is billed for); None when nothing at all is known."""
         usage = self.usage.usage()
-        if usage is None:
-            if self.frames == 0:
-                return reserved
+        if usage is None and self.frames:
             usage = self.usage.best_known(estimate)
-        return cost.charge(usage, burndown)
+        return usage
 
     def _observe(self, message: Message) -> None:
         kind = message.message_type

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.catalog import Catalog
 from gateway.config import LimiterConfig, ModelConfig, TenantConfig
-from gateway.errors import Throttled, ValidationError
+from gateway.errors import BudgetExhausted, Throttled, ValidationError
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.service import Limiter, Ticket
 from gateway.metrics import Metrics
@@ -161,11 +161,24 @@ async def test_past_the_deadline_the_answer_is_a_throttle_with_a_hint() -> None:
 
 
 async def test_a_spent_day_budget_is_refused_at_once() -> None:
-    queues, _, routes = setup(tpm=1000, tenants={"a": {"tokens_per_day": 100}, "b": {}})
-    await admit(queues, routes, "first", "a")
-    with pytest.raises(Throttled, match="per day"):
+    queues, limiter, routes = setup(tpm=1000, tenants={"a": {"tokens_per_day": 100}, "b": {}})
+    await limiter.settle(await admit(queues, routes, "first", "a"), 100)  # all of it used
+    with pytest.raises(BudgetExhausted, match="day's token budget") as spent:
         await admit(queues, routes, "hopeless", "a", wait=5)  # resets at midnight, after 5 s
     assert queues.depth("m") == 0
+    assert spent.value.resets_at_ms % 86_400_000 == 0  # the next UTC midnight
+    assert "(100 quota tokens)" in spent.value.message
+    assert "100 used" in spent.value.message
+
+
+async def test_a_spent_day_budget_waits_while_a_call_in_flight_may_give_some_back() -> None:
+    queues, limiter, routes = setup(tpm=1000, tenants={"a": {"tokens_per_day": 150}, "b": {}})
+    first = await admit(queues, routes, "first", "a")
+    second = asyncio.create_task(admit(queues, routes, "second", "a", wait=5))
+    await asyncio.sleep(0)
+    assert queues.depth("m") == 1  # waiting: the first may settle on less than it holds
+    await limiter.settle(first, 40)  # 60 back: room for the second's 100
+    assert isinstance(await second, Ticket)
 
 
 async def test_a_full_queue_refuses_at_once() -> None:

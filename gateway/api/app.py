@@ -31,11 +31,18 @@ from gateway.api.admin import (
     openapi_router,
 )
 from gateway.api.admin_tenants import tenants_router
+from gateway.api.admin_usage import usage_router
 from gateway.api.asgi import Receive, Scope, Send
 from gateway.api.attempts import Attempts
 from gateway.api.calls import Calls
 from gateway.api.dataplane import DataPlane
-from gateway.api.observability import Observability, observability, shared_redis, upstream_health
+from gateway.api.observability import (
+    Observability,
+    bucket_reader,
+    observability,
+    shared_redis,
+    upstream_health,
+)
 from gateway.auth import Authenticator
 from gateway.catalog import Catalog, Route
 from gateway.config import ConfigError, GatewayConfig, LimiterConfig, load_config
@@ -55,6 +62,7 @@ from gateway.limiter.memory import MemoryStore
 from gateway.limiter.redis_store import RedisStore, StoreUnavailable
 from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics
+from gateway.pricing import PriceTable
 from gateway.queueing.dispatcher import Queues
 from gateway.retry import RetryPolicy
 from gateway.storewatch import TimedStore
@@ -211,8 +219,9 @@ def _control_app(
             return admin_response(exc)
         return _bedrock_error(exc)
 
+    usage = usage_router(parts.limiter, parts.limiter.tenant_names, bucket_reader(parts.store))
     admin = [admin_router(parts.catalog, parts.limiter, parts.learned, parts.calibrations),
-             tenants_router(parts.tenancy.admin, time.time)]  # fmt: skip
+             tenants_router(parts.tenancy.admin, time.time), usage]  # fmt: skip
     for router in [*admin, openapi_router(admin)]:
         app.include_router(router)
 
@@ -234,7 +243,7 @@ def create_app(
     upstream = UpstreamClient(config.upstream, config.accounts, credentials, wall_clock,
                               listener=Fanout(metrics, health))  # fmt: skip
     store = open_store(config.limiter, environ, metrics)
-    limiter = Limiter(config.limiter, config.tenants, store, metrics)
+    limiter = Limiter(config.limiter, config.tenants, store, metrics, config.usage)
     weights = {name: tenant.weight for name, tenant in config.tenants.items()}
     fallback_allowed = {name: t.allow_fallback for name, t in config.tenants.items()}
     queues = Queues(
@@ -264,7 +273,7 @@ def create_app(
     calibrations = _calibrations(config, store, metrics)
     calls = Calls(
         catalog, upstream, limiter, queues, attempts, calibrations, clock=time.monotonic,
-        fallback_allowed=fallback_allowed, metrics=metrics,
+        fallback_allowed=fallback_allowed, metrics=metrics, prices=PriceTable(config.models),
     )  # fmt: skip
 
     def tenant_changed(name: str, spec: TenantSpec | None) -> None:
@@ -274,7 +283,7 @@ def create_app(
             weights.pop(name, None)
             fallback_allowed.pop(name, None)
             return
-        limiter.set_tenant(name, spec.limits())
+        limiter.set_tenant(name, spec.limits(), spec.monthly_spend_usd)
         weights[name] = spec.weight
         fallback_allowed[name] = spec.allow_fallback
 

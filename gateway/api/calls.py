@@ -23,8 +23,9 @@ from gateway.catalog import Catalog, ModelSpec, Route, Target
 from gateway.errors import Throttled
 from gateway.limiter.calibrating import Calibrations, family
 from gateway.limiter.core import Kind, Period
-from gateway.limiter.service import Limiter, Ticket
+from gateway.limiter.service import Bill, Limiter, Ticket
 from gateway.metrics import Metrics
+from gateway.pricing import PriceTable
 from gateway.queueing.dispatcher import Queues
 from gateway.streamtap import STREAM_OPERATIONS
 from gateway.upstream.client import NotSent, UpstreamClient, UpstreamResponse
@@ -82,7 +83,7 @@ def rate_limit_headers(ticket: Ticket) -> Headers:
     (draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Policy: "tpm";q=50000;w=60`` and
     ``RateLimit: "tpm";r=12345``. Nothing when the tenant has no token or request budget."""
     remaining = ticket.admitted.remaining
-    if remaining is None or not ticket.plan.common:
+    if remaining is None or not ticket.plan.common or ticket.plan.common[0].spend:
         return []
     bucket = ticket.plan.common[0].bucket
     name = bucket.key.rsplit(":", 1)[1]
@@ -125,9 +126,10 @@ class Calls:
     def __init__(
         self, catalog: Catalog, upstream: UpstreamClient, limiter: Limiter, queues: Queues,
         attempts: Attempts, calibrations: Calibrations, *, fallback_allowed: dict[str, bool],
-        clock: Any, metrics: Metrics,
+        clock: Any, metrics: Metrics, prices: PriceTable | None = None,
     ) -> None:  # fmt: skip
         self._catalog = catalog
+        self._prices = prices or PriceTable({})
         self._upstream = upstream
         self._limiter = limiter
         self._queues = queues
@@ -136,6 +138,10 @@ class Calls:
         self._fallback_allowed = fallback_allowed
         self._clock = clock
         self._metrics = metrics
+
+    def refused(self, tenant: str, model: str) -> None:
+        """A refusal the caller got (counted in the tenant's usage, in the background)."""
+        self._limiter.refused(tenant, model)
 
     def candidates(self, call: Call, target: Target) -> list[Target]:
         """The requested model, then the fallbacks this call may use, in order."""
@@ -173,6 +179,8 @@ class Calls:
         scaled = calibration.scale(raw.input_tokens, self._calibrations.factor(key))
         estimate = cost.Estimate(scaled, raw.max_output_tokens)
         reserved = cost.reservation(estimate, model.output_burndown)
+        prices = self._prices
+        bill = Bill(model.name, prices, prices.max_cost_micros_any(model.name, estimate))
 
         def observe(usage: cost.Usage) -> None:
             call.usage = usage
@@ -188,7 +196,7 @@ class Calls:
                 call.outside_s += self._clock() - ended
             ticket, queued_s = await self._queues.admit(
                 member, call.tenant.name, model.name, routes, reserved,
-                max_wait_s=wait_s, batch=call.batch,
+                max_wait_s=wait_s, batch=call.batch, bill=bill,
             )  # fmt: skip
             call.queued_s += queued_s
             call.outside_s += queued_s
@@ -228,6 +236,7 @@ class Calls:
     ) -> UpstreamResponse:
         """Call upstream and settle the ticket exactly once, whatever happens."""
         actual = ticket.reserved  # an unknown outcome keeps the full reservation: the safe side
+        billed: cost.Usage | None = None
         started = self._clock()
         try:
             try:
@@ -241,9 +250,11 @@ class Calls:
             actual = charged(reply, usage, model.output_burndown, ticket.reserved)
             if usage is not None:
                 observe(usage)
+                if reply.status < 300:
+                    billed = usage
             return reply
         except NotSent:
             actual = 0
             raise
         finally:
-            await self._limiter.settle(ticket, actual)
+            await self._limiter.settle(ticket, actual, billed)

@@ -38,6 +38,7 @@ from gateway.auth import Authenticator, Caller, RequestFacts
 from gateway.catalog import Catalog, Target
 from gateway.errors import (
     AccessDenied,
+    BudgetExhausted,
     GatewayError,
     InternalError,
     ModelTimeout,
@@ -62,8 +63,8 @@ OPERATIONS = {
 }
 _FORWARDED_PREFIX = b"x-amzn-bedrock-"
 _ERROR_OUTCOMES: tuple[tuple[type[GatewayError], str], ...] = (
-    (Throttled, "throttled"), (AccessDenied, "denied"), (ValidationError, "invalid"),
-    (UnknownOperation, "invalid"), (ModelTimeout, "upstream_timeout"),
+    (Throttled, "throttled"), (BudgetExhausted, "budget_exhausted"), (AccessDenied, "denied"),
+    (ValidationError, "invalid"), (UnknownOperation, "invalid"), (ModelTimeout, "upstream_timeout"),
     (ServiceUnavailable, "unavailable"),
 )  # fmt: skip
 _UPSTREAM_OUTCOMES = {403: "denied", 408: "upstream_timeout", 429: "upstream_throttled"}
@@ -201,9 +202,10 @@ class DataPlane:
         except GatewayError as exc:
             reply = render(exc, request_id)
             outcome.kind = error_outcome(exc)
-            if isinstance(exc, Throttled):  # the one place a local refusal is counted
+            if isinstance(exc, Throttled | BudgetExhausted):  # the one place a refusal counts
                 self._metrics.refused(outcome.tenant, outcome.model, outcome.priority,
                                       exc.message)  # fmt: skip
+                self._calls.refused(outcome.tenant, outcome.model)
         except Exception:
             log.exception("unhandled error in request %s", request_id)
             reply = render(InternalError("The gateway failed to process the request."), request_id)

@@ -8,7 +8,7 @@ the lifespan starts and closes it.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -83,11 +83,9 @@ class Observability:
         return Response(body, media_type=content_type)
 
 
-def observability(
-    config: GatewayConfig, catalog: Catalog, store: FailoverStore | Store, limiter: Limiter,
-    learned: LearnedQuotas, metrics: Metrics, health: UpstreamHealth,
-) -> Observability:  # fmt: skip
-    """The per-pool and per-tenant-budget gauges (usage read in the background), and the rest."""
+def bucket_reader(store: FailoverStore | Store) -> Callable[[Bucket], Awaitable[int]]:
+    """What a window or period bucket holds now, read from the shared store (or the memory
+    store), without changing it; 0 from a store that cannot say."""
     shared = shared_redis(store)
 
     async def read(bucket: Bucket) -> int:
@@ -95,7 +93,15 @@ def observability(
             return await shared.used(bucket)
         return store.used(bucket) if isinstance(store, MemoryStore) else 0
 
-    usage = BucketUsage(read, config.metrics.refresh_s)
+    return read
+
+
+def observability(
+    config: GatewayConfig, catalog: Catalog, store: FailoverStore | Store, limiter: Limiter,
+    learned: LearnedQuotas, metrics: Metrics, health: UpstreamHealth,
+) -> Observability:  # fmt: skip
+    """The per-pool and per-tenant-budget gauges (usage read in the background), and the rest."""
+    usage = BucketUsage(bucket_reader(store), config.metrics.refresh_s)
     for target in catalog.targets():
         for route in target.routes:
             window, key = limiter.tpm_window(route), limiter.pool_of(route)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.api.asgi import Headers, Receive, Send, until_disconnect
-from gateway.cost import Estimate, Usage
+from gateway.cost import Estimate, Usage, charge
 from gateway.errors import GatewayError, InternalError, ServiceUnavailable
 from gateway.limiter.service import Limiter, Ticket
 from gateway.streamtap import StreamTap, exception_frame
@@ -57,6 +57,7 @@ async def forward_stream(
     ticket = call.ticket
     tap = StreamTap(call.operation)
     actual = ticket.reserved  # an unknown outcome keeps the full reservation: the safe side
+    billed: Usage | None = None
     try:
         stream = await upstream.stream(
             ticket.route, call.operation, call.body, call.body_sha256, call.headers
@@ -73,7 +74,9 @@ async def forward_stream(
         finally:
             stream.close()
             if stream.status == 200:
-                actual = tap.settlement(call.estimate, call.burndown, ticket.reserved)
+                billed = tap.settled_usage(call.estimate)
+                if billed is not None:
+                    actual = charge(billed, call.burndown)
                 usage = tap.usage.usage()
                 if usage is not None and call.observe is not None:
                     call.observe(usage)
@@ -82,7 +85,7 @@ async def forward_stream(
         actual = 0
         raise
     finally:
-        await limiter.settle(ticket, actual)
+        await limiter.settle(ticket, actual, billed)
 
 
 class _ClientGone(Exception):

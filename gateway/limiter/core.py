@@ -71,6 +71,35 @@ class Charge:
     cost: int
     settles: bool = False
     """Token charges are corrected to the real usage at settlement; request counts are not."""
+    spend: bool = False
+    """A spend charge (micro-dollars) is corrected by the settlement's spend delta instead."""
+
+    def delta(self, tokens: int, spend: int) -> int:
+        """What settlement adds to this charge: the token or the spend delta, or nothing."""
+        if self.spend:
+            return spend
+        return tokens if self.settles else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """Counters a settlement adds to, in the same round trip (usage per tenant and model):
+    for each hash key, how long it lives (ms, renewed by every addition) and the fields to add
+    to."""
+
+    counts: tuple[tuple[str, int, tuple[tuple[str, int], ...]], ...]
+
+    def merged(self, other: Tally | None) -> Tally:
+        """Both tallies' additions as one (a key's lifetime: the later one's)."""
+        if other is None:
+            return self
+        table: dict[str, tuple[int, dict[str, int]]] = {}
+        for key, ttl_ms, fields in (*self.counts, *other.counts):
+            _, counters = table.get(key, (0, {}))
+            for field, amount in fields:
+                counters[field] = counters.get(field, 0) + amount
+            table[key] = (ttl_ms, counters)
+        return Tally(tuple((k, ttl, tuple(c.items())) for k, (ttl, c) in table.items()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +155,9 @@ class Denied:
     """The store's time of the decision."""
     windows: tuple[WindowView, ...] = ()
     """The plan's watched windows (``Plan.watch``), in order."""
+    used: int | None = None
+    """What ``bucket`` holds in its current period when it is a day or month budget (the
+    refusal's message says it); None for windows and leases."""
 
 
 Decision = Admitted | Denied

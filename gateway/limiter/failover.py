@@ -45,7 +45,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from gateway.errors import ServiceUnavailable
 from gateway.limiter import memory
-from gateway.limiter.core import Admitted, Bucket, Charge, Decision, Denied, Kind, Plan
+from gateway.limiter.core import Admitted, Bucket, Charge, Decision, Denied, Kind, Plan, Tally
 from gateway.limiter.redis_store import StoreUnavailable
 from gateway.limiter.shares import ShareStore
 
@@ -58,8 +58,19 @@ class Store(Protocol):
     async def admit(self, plan: Plan, now_ms: int | None = None) -> Decision: ...
 
     async def settle(
-        self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None
+        self,
+        plan: Plan,
+        admitted: Admitted,
+        delta: int,
+        now_ms: int | None = None,
+        *,
+        spend: int = 0,
+        tally: Tally | None = None,
     ) -> None: ...
+
+    async def tallies(self, keys: list[str]) -> list[dict[str, int]]: ...
+
+    async def add_tally(self, tally: Tally) -> None: ...
 
     async def ping(self) -> bool: ...
 
@@ -106,6 +117,8 @@ class FailoverStore:
         """Until then, after a rejoin, admissions need room in the own share as well."""
         self._shares: dict[str, tuple[int, Bucket]] = {}
         """Per bucket key: the whole limit and the share bucket made from it."""
+        self._held: Tally | None = None
+        """Usage counts the shared store could not take yet: added when it answers again."""
         self.name = primary.name
 
     @property
@@ -148,21 +161,50 @@ class FailoverStore:
         Redis knows nothing of it), then gate by the own share for a window."""
         if isinstance(self.primary, Seedable):
             await self.primary.seed(self.local.windows(self._wall_ms()))
+        if self._held is not None:
+            await self.primary.add_tally(self._held)
+            self._held = None
         self._down_until = 0.0
         self._shared_until = self._clock() + self._rejoin_s
         self._listener.degraded(False)
         log.warning("limiter store %s answers again; back to shared quotas, gated by the "
                     "local share for %.1f s", self.name, self._rejoin_s)  # fmt: skip
 
-    async def settle(self, store: Store, plan: Plan, admitted: Admitted, delta: int) -> None:
-        if store is not self.local:  # the own record of an admission made through Redis
-            charges = plan.committed(admitted.alternative)
-            self.local.correct(charges, admitted.now_ms, delta, self._wall_ms())
+    async def settle(
+        self, store: Store, plan: Plan, admitted: Admitted, delta: int, *, spend: int = 0,
+        tally: Tally | None = None,
+    ) -> None:  # fmt: skip
+        if store is self.local:  # the usage counts wait for the shared store
+            await store.settle(plan, admitted, delta, spend=spend)
+            self._hold(tally)
+            return
+        # the own record of an admission made through Redis
+        self.local.correct(plan.committed(admitted.alternative), admitted.now_ms, delta,
+                           self._wall_ms())  # fmt: skip
         try:
-            await store.settle(plan, admitted, delta)
+            await store.settle(plan, admitted, delta, spend=spend, tally=tally)
         except StoreUnavailable as exc:
             # The reservation stays charged in full and lapses with its window: the safe side.
+            self._hold(tally)
             self._failed("settle", exc)
+
+    async def tallies(self, keys: list[str]) -> list[dict[str, int]]:
+        """Read from the shared store (raises ``StoreUnavailable`` when it does not answer)."""
+        return await self.primary.tallies(keys)
+
+    async def add_tally(self, tally: Tally) -> None:
+        if self.degraded:
+            self._hold(tally)
+            return
+        try:
+            await self.primary.add_tally(tally)
+        except StoreUnavailable as exc:
+            self._hold(tally)
+            self._failed("tally", exc)
+
+    def _hold(self, tally: Tally | None) -> None:
+        if tally is not None:
+            self._held = tally.merged(self._held)
 
     def _failed(self, operation: str, exc: Exception) -> None:
         self._listener.store_failed(operation)

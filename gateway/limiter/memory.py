@@ -19,6 +19,7 @@ from gateway.limiter.core import (
     Denied,
     Kind,
     Plan,
+    Tally,
     WindowView,
     combine_waits,
     period_end_ms,
@@ -48,14 +49,43 @@ class MemoryStore:
     def __init__(self, clock_ms: Callable[[], int] = wall_ms) -> None:
         self._clock = clock_ms
         self._states: dict[str, _State] = {}
+        self._tallies: dict[str, tuple[int, dict[str, int]]] = {}
+        """Tally hashes: when each expires (ms) and its counters."""
+        self._tally_sweep = 0
 
     async def admit(self, plan: Plan, now_ms: int | None = None) -> Decision:
         return self.admit_now(plan, self._clock() if now_ms is None else now_ms)
 
     async def settle(
-        self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None
-    ) -> None:
-        self.settle_now(plan, admitted, delta, self._clock() if now_ms is None else now_ms)
+        self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None, *,
+        spend: int = 0, tally: Tally | None = None,
+    ) -> None:  # fmt: skip
+        now = self._clock() if now_ms is None else now_ms
+        self.settle_now(plan, admitted, delta, now, spend)
+        if tally is not None:
+            self.add_tally_now(tally, now)
+
+    async def tallies(self, keys: list[str]) -> list[dict[str, int]]:
+        now = self._clock()
+        found = [self._tallies.get(key) for key in keys]
+        return [dict(entry[1]) if entry and entry[0] > now else {} for entry in found]
+
+    async def add_tally(self, tally: Tally) -> None:
+        self.add_tally_now(tally, self._clock())
+
+    def add_tally_now(self, tally: Tally, now: int) -> None:
+        """Redis's HINCRBY and PEXPIRE: an expired hash starts again from nothing."""
+        for key, ttl_ms, fields in tally.counts:
+            entry = self._tallies.get(key)
+            counters = entry[1] if entry and entry[0] > now else {}
+            for name, amount in fields:
+                counters[name] = counters.get(name, 0) + amount
+            self._tallies[key] = (now + ttl_ms, counters)
+        self._tally_sweep += 1
+        if self._tally_sweep >= 4096:  # drop expired hashes now and then: memory stays bounded
+            self._tally_sweep = 0
+            for key in [k for k, (until, _) in self._tallies.items() if until <= now]:
+                del self._tallies[key]
 
     async def ping(self) -> bool:
         return True
@@ -92,7 +122,8 @@ class MemoryStore:
         wait = common_wait if chosen > 0 else combine_waits(common_wait, waits)
         bucket = common_blocker if common_wait != 0 else blocker
         assert bucket is not None
-        return Denied(wait, bucket, now, self._views(plan, now))
+        used = self._state(bucket, now).total if bucket.kind == Kind.PERIOD else None
+        return Denied(wait, bucket, now, self._views(plan, now), used)
 
     def _views(self, plan: Plan, now: int) -> tuple[WindowView, ...]:
         flat = [c.bucket for group in plan.groups() for c in group]
@@ -159,19 +190,22 @@ class MemoryStore:
             slot = slot_of(now, bucket.a)
             state.slots[slot] = state.slots.get(slot, 0) + charge.cost
 
-    def settle_now(self, plan: Plan, admitted: Admitted, delta: int, now: int) -> None:
+    def settle_now(
+        self, plan: Plan, admitted: Admitted, delta: int, now: int, spend: int = 0
+    ) -> None:
         for charge in plan.committed(admitted.alternative):
             bucket = charge.bucket
             state = self._state(bucket, now)
+            change = charge.delta(delta, spend)
             if bucket.kind == Kind.LEASES:
                 state.leases.pop(plan.member, None)
-            elif not charge.settles or delta == 0:
+            elif change == 0:
                 continue
             elif bucket.kind == Kind.PERIOD:
                 if state.period == period_of(admitted.now_ms, bucket.a):
-                    state.total = max(0, state.total + delta)
+                    state.total = max(0, state.total + change)
             else:
-                _correct_window(state, bucket, admitted.now_ms, delta, now)
+                _correct_window(state, bucket, admitted.now_ms, change, now)
 
 
 def _advance_window(state: _State, current: int, span: int) -> None:

@@ -8,6 +8,7 @@ fraction of redis-py's CPU per call (docs/benchmarks.md). Its failures become
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from importlib import resources
@@ -16,7 +17,16 @@ from urllib.parse import unquote, urlsplit
 
 from gateway.limiter import core
 from gateway.limiter.adaptive import Aimd, State
-from gateway.limiter.core import Admitted, Bucket, Charge, Decision, Denied, Plan, WindowView
+from gateway.limiter.core import (
+    Admitted,
+    Bucket,
+    Charge,
+    Decision,
+    Denied,
+    Plan,
+    Tally,
+    WindowView,
+)
 from gateway.limiter.resp import Address, ConnectionLost, Pipe, RespError
 
 
@@ -48,13 +58,19 @@ def encode_admit(plan: Plan, now_ms: int | None) -> tuple[list[str], list[Any]]:
 
 
 def encode_settle(
-    charges: tuple[Charge, ...], member: str, admitted: Admitted, delta: int, now_ms: int | None
-) -> tuple[list[str], list[Any]]:
+    charges: tuple[Charge, ...], member: str, admitted: Admitted, delta: int, now_ms: int | None,
+    spend: int = 0, tally: Tally | None = None,
+) -> tuple[list[str], list[Any]]:  # fmt: skip
     keys = [c.bucket.key for c in charges]
-    args: list[Any] = ["" if now_ms is None else now_ms, member, admitted.now_ms]
+    args: list[Any] = ["" if now_ms is None else now_ms, member, admitted.now_ms, len(charges)]
     for charge in charges:
         bucket = charge.bucket
-        args += (int(bucket.kind), bucket.a, bucket.b, delta if charge.settles else 0)
+        args += (int(bucket.kind), bucket.a, bucket.b, charge.delta(delta, spend))
+    for key, ttl_ms, fields in tally.counts if tally else ():
+        keys.append(key)
+        args += (ttl_ms, len(fields))
+        for field, amount in fields:
+            args += (field, amount)
     return keys, args
 
 
@@ -108,21 +124,49 @@ class RedisStore:
             return Admitted(int(reply[1]), int(reply[2]), None if remaining < 0 else remaining)
         wait = int(reply[1])
         flat = [c.bucket for group in plan.groups() for c in group]
-        views, at = [], 4
+        views, at = [], 5
         for index in plan.watch:
             bucket = flat[index]
             slots = tuple(int(v) for v in reply[at : at + bucket.b])
             views.append(WindowView(bucket.limit, bucket.a, bucket.b, slots))
             at += bucket.b
+        used = int(reply[4])
         return Denied(None if wait < 0 else wait, flat[int(reply[2]) - 1], int(reply[3]),
-                      tuple(views))  # fmt: skip
+                      tuple(views), None if used < 0 else used)  # fmt: skip
 
     async def settle(
-        self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None
-    ) -> None:
+        self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None, *,
+        spend: int = 0, tally: Tally | None = None,
+    ) -> None:  # fmt: skip
         charges = plan.committed(admitted.alternative)
-        keys, args = encode_settle(charges, plan.member, admitted, delta, now_ms)
+        keys, args = encode_settle(charges, plan.member, admitted, delta, now_ms, spend, tally)
         await self._call(self._settle, keys, args)
+
+    async def tallies(self, keys: list[str]) -> list[dict[str, int]]:
+        """The counters of each tally hash (one pipelined round trip; {} for a missing key)."""
+        if not keys:
+            return []
+        try:
+            replies = await asyncio.gather(*(self._pipe.call("HGETALL", k) for k in keys))
+        except ConnectionLost as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        found = []
+        for reply in replies:
+            assert isinstance(reply, list)
+            found.append({f.decode(): int(v) for f, v in zip(reply[::2], reply[1::2],
+                                                             strict=True)})  # fmt: skip
+        return found
+
+    async def add_tally(self, tally: Tally) -> None:
+        """Add to tally hashes outside a settlement (refusals; what an outage held back)."""
+        try:
+            calls = []
+            for key, ttl_ms, fields in tally.counts:
+                calls += [self._pipe.call("HINCRBY", key, f, n) for f, n in fields]
+                calls.append(self._pipe.call("PEXPIRE", key, ttl_ms))
+            await asyncio.gather(*calls)
+        except ConnectionLost as exc:
+            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 
     async def adapt(
         self, key: str, pool: str, aimd: Aimd, window: Bucket | None, now_ms: int | None = None

@@ -9,13 +9,18 @@ room and charging it is one round trip to the store.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from gateway.catalog import Route
-from gateway.config import LimiterConfig, TenantConfig
-from gateway.errors import AccessDenied, Throttled, ValidationError
+from gateway.config import LimiterConfig, TenantConfig, UsageConfig
+from gateway.cost import Usage
+from gateway.errors import AccessDenied, BudgetExhausted, Throttled, ValidationError
 from gateway.limiter.core import (
     Admitted,
     Bucket,
@@ -25,14 +30,20 @@ from gateway.limiter.core import (
     Kind,
     Period,
     Plan,
+    Tally,
     lease_bucket,
     period_bucket,
+    period_end_ms,
     window_bucket,
 )
 from gateway.limiter.failover import FailoverStore, Store
+from gateway.limiter.ledger import Ledger
+from gateway.limiter.redis_store import StoreUnavailable
 from gateway.limiter.settled import SettledShare
+from gateway.pricing import MICROS_PER_USD, PriceTable
 
 UNKNOWN_WAIT_MS = 1000
+REFUSALS_FLUSH_S = 1.0
 
 
 class Metrics(Protocol):
@@ -44,25 +55,43 @@ class Metrics(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Bill:
+    """Whom and what a call is billed for: its model (usage is counted per tenant and model),
+    the price table, and the most it may cost in micro-dollars (what a spend budget holds
+    until settlement)."""
+
+    model: str
+    prices: PriceTable
+    max_micros: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class _Limits:
-    """The buckets of one pool or tenant; ``tokens`` are corrected at settlement."""
+    """The buckets of one pool or tenant; ``tokens`` (and ``spend``) are corrected at
+    settlement."""
 
     tokens: tuple[Bucket, ...]
     requests: tuple[Bucket, ...]
     tpm: int | None
     tokens_per_day: int | None
+    spend: Bucket | None = None
+    """A tenant's monthly spend budget, in micro-dollars."""
 
-    def charges(self, reserved: int, factor: float = 1.0) -> tuple[Charge, ...]:
-        """The plan's charges; ``factor`` < 1 scales the per-minute token limit (learned)."""
+    def charges(self, reserved: int, factor: float = 1.0, spend: int = 0) -> tuple[Charge, ...]:
+        """The plan's charges; ``factor`` < 1 scales the per-minute token limit (learned);
+        ``spend``: the most the call may cost (micro-dollars), held by the spend budget."""
         tokens = self.tokens
         if factor < 1.0:
             tokens = tuple(
                 replace(b, limit=max(1, int(b.limit * factor))) if b.kind == Kind.WINDOW else b
                 for b in tokens
             )
-        return tuple(Charge(b, reserved, settles=True) for b in tokens) + tuple(
+        charges = tuple(Charge(b, reserved, settles=True) for b in tokens) + tuple(
             Charge(b, 1) for b in self.requests
         )
+        if self.spend is not None:
+            charges += (Charge(self.spend, spend, settles=True, spend=True),)
+        return charges
 
     def too_small_for(self, reserved: int) -> int | None:
         """The smallest token limit a reservation can never fit in, if any."""
@@ -80,12 +109,20 @@ class Ticket:
     route: Route
     tenant: str
     reserved: int
+    bill: Bill | None = None
     settled: bool = False
+
+    @property
+    def spend_reserved(self) -> int:
+        """Micro-dollars held against the tenant's spend budget (0: none)."""
+        charges = self.plan.common
+        return charges[-1].cost if charges and charges[-1].spend else 0
 
 
 def _limits(
-    config: LimiterConfig, key: str, what: str, limits: Mapping[str, int | None]
-) -> _Limits:
+    config: LimiterConfig, key: str, what: str, limits: Mapping[str, int | None],
+    spend_usd: float | None = None,
+) -> _Limits:  # fmt: skip
     window = {"window_ms": int(config.window_s * 1000), "slot_ms": config.slot_ms,
               "margin_ms": config.margin_ms}  # fmt: skip
     tokens: list[Bucket] = []
@@ -104,7 +141,13 @@ def _limits(
         requests.append(lease_bucket(f"{key}:conc", limits["max_concurrency"] or 0,
                                      ttl_ms=int(config.lease_ttl_s * 1000),
                                      label=f"concurrent requests of {what}"))  # fmt: skip
-    return _Limits(tuple(tokens), tuple(requests), limits.get("tpm"), limits.get("tokens_per_day"))
+    spend = None
+    if spend_usd:
+        micros = max(1, round(spend_usd * MICROS_PER_USD))
+        spend = period_bucket(f"{key}:spend_month", micros, Period.MONTH,
+                              label=f"spend per month of {what}")  # fmt: skip
+    return _Limits(tuple(tokens), tuple(requests), limits.get("tpm"),
+                   limits.get("tokens_per_day"), spend)  # fmt: skip
 
 
 def pool_key(prefix: str, route: Route) -> str:
@@ -130,15 +173,18 @@ class Limiter:
         tenants: Mapping[str, TenantConfig],
         store: FailoverStore | Store,
         metrics: Metrics,
+        usage: UsageConfig | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._metrics = metrics
         prefix = config.key_prefix
+        self.ledger = Ledger(prefix, usage or UsageConfig())
         self._tenants = {
             name: _limits(config, f"{{{prefix}}}:tenant:{name}", f"tenant {name!r}",
                           t.model_dump(include={"tpm", "rpm", "tokens_per_day",
-                                                "tokens_per_month", "max_concurrency"}))
+                                                "tokens_per_month", "max_concurrency"}),
+                          t.monthly_spend_usd)
             for name, t in tenants.items()
         }  # fmt: skip
         self._routes: dict[Route, _Limits] = {}
@@ -151,6 +197,10 @@ class Limiter:
         """Per route, what settlements leave of a reservation (the queue's forecast)."""
         self.in_flight: dict[Route, int] = {}
         """Per route, the tokens this replica has reserved and not yet settled."""
+        self.tenant_in_flight: dict[str, int] = {}
+        """Per tenant, the calls this replica admitted and has not settled yet."""
+        self._refusals: Tally | None = None
+        self._flushing: asyncio.Task[None] | None = None
 
     def pool_of(self, route: Route) -> str:
         return pool_key(self._config.key_prefix, route)
@@ -163,11 +213,30 @@ class Limiter:
     def is_tenant_limit(self, bucket: Bucket) -> bool:
         return bucket.key.startswith(self._tenant_prefix)
 
-    def set_tenant(self, name: str, limits: Mapping[str, int | None]) -> None:
+    def set_tenant(
+        self, name: str, limits: Mapping[str, int | None], spend_usd: float | None = None
+    ) -> None:
         """Give tenant ``name`` these budgets (created or changed at runtime). Its buckets keep
         their keys, so what it used so far still counts against the new limits."""
         self._tenants[name] = _limits(self._config, f"{self._tenant_prefix}{name}",
-                                      f"tenant {name!r}", limits)  # fmt: skip
+                                      f"tenant {name!r}", limits, spend_usd)  # fmt: skip
+
+    def has_tenant(self, name: str) -> bool:
+        return name in self._tenants
+
+    def tenant_names(self) -> list[str]:
+        return list(self._tenants)
+
+    def budgets(self, name: str) -> list[tuple[str, Bucket]]:
+        """Tenant ``name``'s budgets by their config names (``tpm``, ``tokens_per_day``,
+        ``tokens_per_month``, ``monthly_spend_usd`` in micro-dollars); [] if unknown."""
+        limits = self._tenants.get(name)
+        if limits is None:
+            return []
+        found = [(b.key.rsplit(":", 1)[1], b) for b in limits.tokens]
+        if limits.spend is not None:
+            found.append(("monthly_spend_usd", limits.spend))
+        return found
 
     def drop_tenant(self, name: str) -> None:
         self._tenants.pop(name, None)
@@ -184,8 +253,9 @@ class Limiter:
         return limits
 
     def plan(
-        self, member: str, tenant: str, routes: tuple[Route, ...], reserved: int
-    ) -> tuple[Plan, tuple[Route, ...]]:
+        self, member: str, tenant: str, routes: tuple[Route, ...], reserved: int,
+        bill: Bill | None = None,
+    ) -> tuple[Plan, tuple[Route, ...]]:  # fmt: skip
         """The admission plan and the routes its alternatives stand for, in order; raises
         ValidationError when ``reserved`` can never fit."""
         tenant_limits = self._tenants.get(tenant)
@@ -214,7 +284,7 @@ class Limiter:
                 f"output burndown), more than the whole quota ({max(smallest)} tokens) of any "
                 f"route for this model; lower max_tokens."
             )
-        common = tenant_limits.charges(reserved)
+        common = tenant_limits.charges(reserved, spend=bill.max_micros if bill else 0)
         watch, at = [], len(common)
         for charges in alternatives:  # each route's per-minute token window
             tpm = [i for i, c in enumerate(charges) if c.settles and c.bucket.kind == Kind.WINDOW]
@@ -223,9 +293,10 @@ class Limiter:
         return Plan(member, common, tuple(alternatives), tuple(watch)), tuple(eligible)
 
     async def admit(
-        self, member: str, tenant: str, routes: tuple[Route, ...], reserved: int
-    ) -> Ticket | Denied:
-        plan, eligible = self.plan(member, tenant, routes, reserved)
+        self, member: str, tenant: str, routes: tuple[Route, ...], reserved: int,
+        bill: Bill | None = None,
+    ) -> Ticket | Denied:  # fmt: skip
+        plan, eligible = self.plan(member, tenant, routes, reserved, bill)
         decision, store = await self._admit(plan)
         if isinstance(decision, Denied):
             self._metrics.throttled(decision.bucket.label.split(" of ")[0], tenant)
@@ -233,34 +304,108 @@ class Limiter:
         route = eligible[decision.alternative - 1]
         self._metrics.admitted(route.label, tenant)
         self.in_flight[route] = self.in_flight.get(route, 0) + reserved
-        return Ticket(plan, decision, store, route, tenant, reserved)
+        self.tenant_in_flight[tenant] = self.tenant_in_flight.get(tenant, 0) + 1
+        return Ticket(plan, decision, store, route, tenant, reserved, bill)
 
     async def _admit(self, plan: Plan) -> tuple[Decision, Store]:
         if isinstance(self._store, FailoverStore):
             return await self._store.admit(plan)
         return await self._store.admit(plan), self._store
 
-    async def settle(self, ticket: Ticket, actual: int) -> None:
-        """Correct the reservation to ``actual`` quota tokens, once."""
+    async def settle(self, ticket: Ticket, actual: int, usage: Usage | None = None) -> None:
+        """Correct the reservation to ``actual`` quota tokens, once, and count the call's
+        ``usage`` (what Bedrock reported, or the best count known) for its tenant: its tokens
+        and what they cost. Without a usage, a call settled on its full reservation (outcome
+        unknown) keeps its spend reservation too, one settled on nothing costs nothing."""
         if ticket.settled:
             return
         ticket.settled = True
         delta = actual - ticket.reserved
         self.in_flight[ticket.route] = self.in_flight.get(ticket.route, 0) - ticket.reserved
-        self.settled_share.setdefault(ticket.route, SettledShare()).observe(ticket.reserved, actual)
-        if isinstance(self._store, FailoverStore):
-            await self._store.settle(ticket.store, ticket.plan, ticket.admitted, delta)
+        left = self.tenant_in_flight.get(ticket.tenant, 0) - 1
+        if left > 0:
+            self.tenant_in_flight[ticket.tenant] = left
         else:
-            await ticket.store.settle(ticket.plan, ticket.admitted, delta)
+            self.tenant_in_flight.pop(ticket.tenant, None)
+        self.settled_share.setdefault(ticket.route, SettledShare()).observe(ticket.reserved, actual)
+        spend, tally, bill = 0, None, ticket.bill
+        if bill is not None:
+            if usage is not None:
+                spend = bill.prices.cost_micros(bill.model, ticket.route, usage)
+            elif actual > 0:
+                spend = ticket.spend_reserved
+            tally = self.ledger.settled(ticket.tenant, bill.model, ticket.admitted.now_ms,
+                                        usage, actual, spend)  # fmt: skip
+        spend_delta = spend - ticket.spend_reserved
+        if isinstance(self._store, FailoverStore):
+            await self._store.settle(ticket.store, ticket.plan, ticket.admitted, delta,
+                                     spend=spend_delta, tally=tally)  # fmt: skip
+        else:
+            await ticket.store.settle(ticket.plan, ticket.admitted, delta, spend=spend_delta,
+                                      tally=tally)  # fmt: skip
         self._metrics.settled(ticket.route.label, ticket.tenant, actual, delta)
         if self.on_capacity is not None and (delta < 0 or ticket.route.max_concurrency):
             self.on_capacity(ticket.route)
+
+    def refused(self, tenant: str, model: str) -> None:
+        """Count a local refusal in the tenant's usage: gathered in process and written at
+        most once per ``REFUSALS_FLUSH_S`` in the background, never on the request's path."""
+        tally = self.ledger.refused(tenant, model, time.time_ns() // 1_000_000)
+        self._refusals = tally.merged(self._refusals)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_refusals())
+
+    async def _flush_refusals(self) -> None:
+        try:
+            await asyncio.sleep(REFUSALS_FLUSH_S)
+        finally:
+            tally, self._refusals, self._flushing = self._refusals, None, None
+            if tally is not None:
+                with contextlib.suppress(StoreUnavailable):  # a failover store holds it
+                    await self._store.add_tally(tally)
+
+    async def usage(self, tenant: str, now_ms: int) -> list[dict[str, int]]:
+        """Tenant ``tenant``'s minute, day and month counters (raises StoreUnavailable)."""
+        return await self._store.tallies(list(self.ledger.keys(tenant, now_ms)))
 
     async def ping(self) -> bool:
         return await self._store.ping()
 
     async def close(self) -> None:
+        if self._flushing is not None:  # the refusals counted so far are written first
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flushing
         await self._store.close()
+
+
+def usd(micros: int) -> str:
+    """``$0.05``, ``$1,250.00``, ``$0.000184``: cents, or every micro-dollar when it counts."""
+    if micros % 10_000 == 0:
+        return f"${micros / MICROS_PER_USD:,.2f}"
+    return f"${micros / MICROS_PER_USD:,.6f}".rstrip("0")
+
+
+def budget_exhausted(denied: Denied) -> BudgetExhausted:
+    """A tenant's spent day or month budget, said in full: which, its size, what was used, what
+    this request needed, and when it resets."""
+    bucket = denied.bucket
+    period = "day" if bucket.a == Period.DAY else "month"
+    resets = period_end_ms(denied.now_ms, bucket.a)
+    when = dt.datetime.fromtimestamp(resets / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    used = denied.used or 0
+    tenant = bucket.label.rsplit(" of ", 1)[-1]
+    if bucket.key.endswith(":spend_month"):
+        size, spent = usd(bucket.limit), usd(used)
+        what = (
+            f"The monthly spend budget of {tenant} ({size}) has no room for this request: "
+            f"{spent} spent"
+        )
+    else:
+        what = (f"The {period}'s token budget of {tenant} ({bucket.limit:,} quota tokens) has "
+                f"no room for this request: {used:,} used")  # fmt: skip
+    return BudgetExhausted(f"{what}; it resets at {when}. (bedrock-gateway: {bucket.label})",
+                           resets)  # fmt: skip
 
 
 def throttled(denied: Denied) -> Throttled:

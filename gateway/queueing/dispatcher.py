@@ -34,7 +34,14 @@ from dataclasses import dataclass
 from gateway.catalog import Route
 from gateway.errors import GatewayError, Throttled
 from gateway.limiter.core import Bucket, Denied, Kind
-from gateway.limiter.service import Limiter, Ticket, throttle_message, throttled
+from gateway.limiter.service import (
+    Bill,
+    Limiter,
+    Ticket,
+    budget_exhausted,
+    throttle_message,
+    throttled,
+)
 from gateway.limiter.settled import SettledShare
 from gateway.queueing.fair import BATCH, INTERACTIVE, Entry, FairQueue
 from gateway.queueing.forecast import LET_IN_BIAS, REFUSE_BIAS, Capacity, refuse_on_arrival
@@ -50,6 +57,7 @@ class Waiter:
     denied: Denied
     """The last refusal: it names the limit the waiter is waiting for."""
     deadline: float = 0.0
+    bill: Bill | None = None
 
 
 async def _sleep_unless_woken(event: asyncio.Event, seconds: float | None) -> None:
@@ -173,7 +181,7 @@ class _Group:
         self.wake.clear()
         try:
             decision = await owner.limiter.admit(
-                waiter.member, waiter.tenant, waiter.routes, waiter.reserved
+                waiter.member, waiter.tenant, waiter.routes, waiter.reserved, waiter.bill
             )
         except GatewayError as exc:
             self.queue.cancel(entry)
@@ -188,10 +196,18 @@ class _Group:
         self.observe(decision, owner.clock())
         if waiter.future.done():
             return  # judged hopeless: the next head tries now
+        if owner.hopeless(decision, waiter.tenant, waiter.deadline - owner.clock()):
+            self.queue.cancel(entry)
+            waiter.future.set_exception(owner.refusal(decision))
+            return
         if owner.is_tenant_limit(decision.bucket):
             if entry.queued:
                 self.queue.park(entry)
-                self.parked.append((owner.clock() + self.hint_ms / 1000, entry))
+                # a day or month budget's hint is its reset: refunds come sooner, so re-check
+                park_ms = self.hint_ms
+                if decision.bucket.kind == Kind.PERIOD:
+                    park_ms = min(park_ms, owner.recheck_ms)
+                self.parked.append((owner.clock() + park_ms / 1000, entry))
             return
         await _sleep_unless_woken(self.wake, min(self.hint_ms, owner.recheck_ms) / 1000)
 
@@ -226,21 +242,22 @@ class Queues:
 
     async def admit(
         self, member: str, tenant: str, group: str, routes: tuple[Route, ...], reserved: int,
-        *, max_wait_s: float, batch: bool,
+        *, max_wait_s: float, batch: bool, bill: Bill | None = None,
     ) -> tuple[Ticket, float]:  # fmt: skip
-        """A ticket, and the seconds spent queued; raises Throttled past the deadline."""
+        """A ticket, and the seconds spent queued; raises Throttled past the deadline, and
+        BudgetExhausted at once for a tenant's spent day or month budget."""
         started = self.clock()
         state = self._groups.get(group)
         if state is None or not len(state.queue):
-            decision = await self.limiter.admit(member, tenant, routes, reserved)
+            decision = await self.limiter.admit(member, tenant, routes, reserved, bill)
             if isinstance(decision, Ticket):
                 return decision, 0.0
-            if self.closing or max_wait_s <= 0 or _hopeless(decision, max_wait_s):
-                raise throttled(decision)
+            if self.closing or max_wait_s <= 0 or self.hopeless(decision, tenant, max_wait_s):
+                raise self.refusal(decision)
             state = self._group(group, routes)
             state.observe(decision, self.clock())
         else:
-            self.limiter.plan(member, tenant, routes, reserved)  # a hopeless request fails now
+            self.limiter.plan(member, tenant, routes, reserved, bill)  # hopeless: fails now
         denied, now = state.last_denied, self.clock()
         budget_s = max_wait_s - (now - started)
         klass = BATCH if batch else INTERACTIVE
@@ -257,7 +274,7 @@ class Queues:
             if latest is not None and refuse_on_arrival(latest, budget_s * 1000):
                 raise Throttled(_hopeless_message(denied, forecast, budget_s), forecast)
         future = asyncio.get_running_loop().create_future()
-        waiter = Waiter(member, tenant, routes, reserved, future, denied, now + budget_s)
+        waiter = Waiter(member, tenant, routes, reserved, future, denied, now + budget_s, bill)
         ticket = await self._wait(state, waiter, budget_s, batch)
         return ticket, self.clock() - started
 
@@ -284,6 +301,23 @@ class Queues:
             ) from None  # fmt: skip
         finally:
             state.queue.cancel(entry)
+
+    def hopeless(self, denied: Denied, tenant: str, max_wait_s: float) -> bool:
+        """Waiting cannot help: the cost never fits, or a spent day or month budget resets only
+        after the deadline while none of the tenant's calls in flight here may give part of
+        their reservation back. (Another replica's may: a refusal can come that much early,
+        never late.)"""
+        return _hopeless(denied, max_wait_s) and (
+            denied.retry_after_ms is None or not self.limiter.tenant_in_flight.get(tenant)
+        )
+
+    def refusal(self, denied: Denied) -> GatewayError:
+        """What a denial that waiting cannot help becomes: a tenant's spent day or month budget
+        is BudgetExhausted (not worth retrying before it resets), anything else Throttled."""
+        bucket = denied.bucket
+        if bucket.kind == Kind.PERIOD and self.is_tenant_limit(bucket):
+            return budget_exhausted(denied)
+        return throttled(denied)
 
     def hand_over(self, waiter: Waiter, ticket: Ticket) -> None:
         if not waiter.future.done():

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gateway.config import TENANT_ID, TenantConfig
 
 LIMITS = ("tpm", "rpm", "tokens_per_day", "tokens_per_month", "max_concurrency")
-"""The budgets the limiter enforces (``monthly_spend_usd`` is stored, not enforced yet)."""
+"""The token and request budgets the limiter enforces (and ``monthly_spend_usd``, apart)."""
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -34,7 +34,7 @@ class TenantSpec(BaseModel):
     tokens_per_month: PositiveInt | None = None
     max_concurrency: PositiveInt | None = None
     monthly_spend_usd: Annotated[float, Field(gt=0, le=1e9)] | None = None
-    """Stored and validated; enforced once spend tracking lands (issue 10, item 2)."""
+    """US dollars per UTC calendar month, from the models' price tables."""
     priority: Literal["interactive", "batch"] = "interactive"
     weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
     max_wait_s: Annotated[float, Field(ge=0, le=300)] | None = None

@@ -6,7 +6,16 @@ nothing sleeps.
 
 from __future__ import annotations
 
-from gateway.limiter.core import Admitted, Bucket, Charge, Decision, Denied, Plan, window_bucket
+from gateway.limiter.core import (
+    Admitted,
+    Bucket,
+    Charge,
+    Decision,
+    Denied,
+    Plan,
+    Tally,
+    window_bucket,
+)
 from gateway.limiter.failover import FailoverStore
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.redis_store import StoreUnavailable
@@ -49,11 +58,22 @@ class Redis:
         return await self.store.admit(plan)
 
     async def settle(
-        self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None
-    ) -> None:
+        self, plan: Plan, admitted: Admitted, delta: int, now_ms: int | None = None, *,
+        spend: int = 0, tally: Tally | None = None,
+    ) -> None:  # fmt: skip
         if not self.up:
             raise StoreUnavailable("down")
-        await self.store.settle(plan, admitted, delta)
+        await self.store.settle(plan, admitted, delta, spend=spend, tally=tally)
+
+    async def tallies(self, keys: list[str]) -> list[dict[str, int]]:
+        if not self.up:
+            raise StoreUnavailable("down")
+        return await self.store.tallies(keys)
+
+    async def add_tally(self, tally: Tally) -> None:
+        if not self.up:
+            raise StoreUnavailable("down")
+        await self.store.add_tally(tally)
 
     async def seed(self, windows: list[tuple[Bucket, dict[int, int]]]) -> int:
         if not self.up:

@@ -17,6 +17,7 @@ from gateway.limiter.core import (
     Kind,
     Period,
     Plan,
+    Tally,
     lease_bucket,
     period_bucket,
     window_bucket,
@@ -34,7 +35,9 @@ BUCKETS: list[Bucket] = [
     period_bucket("{p}:day", 900, Period.DAY, label="tokens"),
     period_bucket("{p}:month", 1500, Period.MONTH, label="tokens"),
     lease_bucket("{p}:conc", 3, ttl_ms=20_000, label="leases"),
+    period_bucket("{p}:spend", 4000, Period.MONTH, label="spend"),
 ]
+TALLY_KEYS = ("{p}:usage:a", "{p}:usage:b")
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,18 @@ class Settle:
     pick: int
     delta: int
     advance_ms: int
+    spend: int = 0
+    """The spend charge's correction (micro-dollars), apart from the tokens'."""
+    tally: tuple[tuple[int, int, str, int], ...] = ()
+    """Usage counters added in the same call: (key index, ttl_ms, field, amount)."""
 
 
 def _charge(index: int, cost: int) -> Charge:
     bucket = BUCKETS[index]
     if bucket.label == "tokens":
         return Charge(bucket, cost, settles=True)
+    if bucket.label == "spend":
+        return Charge(bucket, cost * 3, settles=True, spend=True)
     return Charge(bucket, 1)
 
 
@@ -70,10 +79,21 @@ admits = st.builds(
     advance_ms=st.sampled_from([0, 1, 249, 250, 999, 5_000, 30_000, 61_000, 3_600_000]),
     watch=st.booleans(),
 )
+tally_steps = st.tuples(
+    st.integers(0, len(TALLY_KEYS) - 1), st.sampled_from([600_000, 3_600_000]),
+    st.sampled_from(["in:m", "out:m", "n:x"]), st.integers(0, 5_000),
+)  # fmt: skip
 settles = st.builds(
     Settle, pick=st.integers(0, 50), delta=st.integers(-350, 200),
-    advance_ms=st.sampled_from([0, 1, 500, 20_000, 70_000]),
+    advance_ms=st.sampled_from([0, 1, 500, 20_000, 70_000]), spend=st.integers(-1000, 600),
+    tally=st.lists(tally_steps, max_size=4).map(tuple),
 )  # fmt: skip
+
+
+def _tally(step: Settle) -> Tally | None:
+    if not step.tally:
+        return None
+    return Tally(tuple((TALLY_KEYS[k], ttl, ((field, n),)) for k, ttl, field, n in step.tally))
 
 
 def _plan(step: Admit, member: str) -> Plan:
@@ -103,17 +123,27 @@ async def _step(
             open_tickets.append((plan, expected))
     elif open_tickets:
         plan, admitted = open_tickets.pop(step.pick % len(open_tickets))
-        reference.settle_now(plan, admitted, step.delta, now)
-        await lua.settle(plan, admitted, step.delta, now)
+        tally = _tally(step)
+        await reference.settle(plan, admitted, step.delta, now, spend=step.spend, tally=tally)
+        await lua.settle(plan, admitted, step.delta, now, spend=step.spend, tally=tally)
 
 
 async def _run(url: str, steps: list[Admit | Settle]) -> None:
     lua, reference = await fresh_store(url), MemoryStore()
     now, open_tickets = START, []
+    added: dict[str, dict[str, int]] = {}
     try:
         for n, step in enumerate(steps):
             now += step.advance_ms
+            settled = len(open_tickets)
             await _step(lua, reference, step, n, now, open_tickets)
+            if isinstance(step, Settle) and len(open_tickets) < settled:
+                for k, _, field, amount in step.tally:
+                    counters = added.setdefault(TALLY_KEYS[k], {})
+                    counters[field] = counters.get(field, 0) + amount
+        # Redis expires tally hashes by its own clock, not the steps' (far shorter than any
+        # ttl here): it holds every addition made. The reference's expiry: test_tallies.py.
+        assert await lua.tallies(list(TALLY_KEYS)) == [added.get(k, {}) for k in TALLY_KEYS]
     finally:
         await lua.close()
 

@@ -8,8 +8,9 @@
 --   (window: a = slot_ms, b = span; period: a = 1 day | 2 month; leases: a = ttl_ms), then
 --   the number of watched window buckets and their indices (the queue's forecast reads them).
 -- Returns {1, alternative (0: none), now_ms, remaining of the first common bucket (-1: none
---   or a lease bucket)} or {0, wait_ms (-1: never), bucket index, now_ms, then the span slots
---   of each watched window, oldest first}.
+--   or a lease bucket)} or {0, wait_ms (-1: never), bucket index, now_ms, what the bucket holds
+--   when it is a day or month budget (-1: another kind), then the span slots of each watched
+--   window, oldest first}.
 
 local member = ARGV[2]
 local ngroups = tonumber(ARGV[3])
@@ -151,7 +152,16 @@ if ngroups > 1 and chosen == 0 then
   end
   if common_wait == -1 or best == -1 then wait = -1 else wait = math.max(common_wait, best) end
 end
-local reply = {0, wait, common_wait ~= 0 and common_blocker or alt_blocker, now}
+local blocker = common_wait ~= 0 and common_blocker or alt_blocker
+local used = -1
+do
+  local kind, _, _, a = spec(blocker)
+  if kind == 2 then
+    local v = redis.call('HMGET', KEYS[blocker], 'p', 't')
+    used = (tonumber(v[1]) == period_at(now, a)) and (tonumber(v[2]) or 0) or 0
+  end
+end
+local reply = {0, wait, blocker, now, used}
 local watch = base + (index - 1) * 5 + 1
 for w = 1, tonumber(ARGV[watch]) or 0 do
   local i = tonumber(ARGV[watch + w])

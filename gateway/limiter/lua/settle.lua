@@ -1,12 +1,14 @@
 -- settle.lua: correct an admitted request's charges to its real usage, release its leases.
 -- The specification is gateway/limiter/core.py; gateway/limiter/memory.py (settle_now) is the
 -- reference this script must match. Time and window arithmetic: common.lua (prepended).
--- KEYS: the buckets the admission charged, in the order admit.lua charged them.
--- ARGV: now_ms|"", member, admitted_ms, then 4 numbers per bucket: kind, a, b, delta
---   (delta: real cost minus reserved cost for token charges, 0 for request counts).
+-- KEYS: the buckets the admission charged, in the order admit.lua charged them, then the
+--   tally hashes (usage counters per tenant and model) this settlement adds to.
+-- ARGV: now_ms|"", member, admitted_ms, number of buckets n, then 4 numbers per bucket: kind,
+--   a, b, delta (delta: real cost minus reserved cost for token and spend charges, 0 for
+--   request counts), then per tally hash: ttl_ms, number of fields, then field, increment.
 -- Returns the number of buckets touched.
 
-local member, admitted = ARGV[2], tonumber(ARGV[3])
+local member, admitted, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local function correct_window(key, slot_ms, span, delta)
   local total, cur = advance(key, slot_ms, span)
@@ -24,9 +26,8 @@ local function correct_window(key, slot_ms, span, delta)
   end
 end
 
-local n = (#ARGV - 3) / 4
 for i = 1, n do
-  local o = 3 + (i - 1) * 4
+  local o = 4 + (i - 1) * 4
   local kind, a, b, delta = tonumber(ARGV[o + 1]), tonumber(ARGV[o + 2]),
     tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4])
   local key = KEYS[i]
@@ -41,5 +42,15 @@ for i = 1, n do
   elseif delta ~= 0 then
     correct_window(key, a, b, delta)
   end
+end
+
+local o = 5 + n * 4
+for k = n + 1, #KEYS do
+  local ttl, fields = tonumber(ARGV[o]), tonumber(ARGV[o + 1])
+  for f = 1, fields do
+    redis.call('HINCRBY', KEYS[k], ARGV[o + 2 * f], ARGV[o + 2 * f + 1])
+  end
+  redis.call('PEXPIRE', KEYS[k], ttl)
+  o = o + 2 + 2 * fields
 end
 return n
