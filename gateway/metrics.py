@@ -260,10 +260,25 @@ class Metrics:
             "What is left of a tenant's token budget, all replicas (refreshed every few "
             "seconds off the request path).", ["tenant", "budget"], registry=r,
         )  # fmt: skip
+        self.spend = Counter(
+            "gateway_spend_usd_total",
+            "US dollars the calls cost, by the price table (settled usage; micro-dollar exact).",
+            ["tenant", "model"], registry=r,
+        )  # fmt: skip
+        self.spend_budget = Gauge(
+            "gateway_tenant_spend_budget_usd", "A tenant's monthly spend budget (USD).",
+            ["tenant"], registry=r,
+        )  # fmt: skip
+        self.spend_remaining = Gauge(
+            "gateway_tenant_spend_budget_remaining_usd",
+            "What is left of a tenant's monthly spend budget (USD), all replicas (refreshed "
+            "every few seconds off the request path).", ["tenant"], registry=r,
+        )  # fmt: skip
         self.request_child = _Cached(self.requests)
         self.duration_child = _Cached(self.duration)
         self.overhead_child = _Cached(self.overhead)
         self.tokens_child = _Cached(self.tokens)
+        self.spend_child = _Cached(self.spend)
         self.wait_child = _Cached(self.queue_wait)
         self.latency_child = _Cached(self.upstream_latency)
         self.ttfb_child = _Cached(self.upstream_ttfb)
@@ -291,6 +306,9 @@ class Metrics:
         for kind, count in counts:
             if count:
                 self.tokens_child(tenant, model, kind).inc(count)
+
+    def spent(self, tenant: str, model: str, micros: int) -> None:
+        self.spend_child(self.tenant(tenant), model).inc(micros / 1_000_000)
 
     def refused(self, tenant: str, model: str, priority: str, message: str) -> None:
         """One local ThrottlingException the client gets: counted once per request."""
@@ -365,6 +383,13 @@ class Metrics:
 
     def watch_budget(self, tenant: str, budget: str, limit: int,
                      used: Callable[[], int]) -> None:  # fmt: skip
+        """A token budget, or ``monthly_spend_usd`` (``limit`` and ``used`` in micro-dollars)."""
+        if budget == "monthly_spend_usd":
+            self.spend_budget.labels(tenant).set(limit / 1_000_000)
+            self.spend_remaining.labels(tenant).set_function(
+                lambda: max(0, limit - used()) / 1_000_000
+            )
+            return
         self.budget_limit.labels(tenant, budget).set(limit)
         self.budget_remaining.labels(tenant, budget).set_function(lambda: max(0, limit - used()))
 

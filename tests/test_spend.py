@@ -92,6 +92,10 @@ def test_spend_is_the_price_table_applied_to_the_reported_usage(
         assert counts["output_tokens"] == sum(u["outputTokens"] for u in usages)
         assert counts["quota_tokens"] == counts["input_tokens"] + counts["output_tokens"]
     assert usage["models"]["claude-haiku"]["month"] == usage["periods"]["month"]
+    metric = re.search(r'^gateway_spend_usd_total\{model="claude-haiku",tenant="team-a"\} (\S+)$',
+                       httpx.get(f"{priced.url}/metrics").text, re.M)  # fmt: skip
+    assert metric is not None
+    assert float(metric.group(1)) == pytest.approx(float(spent), abs=1e-9)
     now = dt.datetime.now(dt.UTC)
     month = dt.datetime(now.year, now.month, 1, tzinfo=dt.UTC).timestamp()
     assert usage["periods"]["month"]["start"] == month

@@ -108,9 +108,8 @@ def observability(
             used = usage.watch(window) if window is not None else (lambda: 0)
             metrics.watch_pool(pool_name(route), route.tpm, partial(learned.factor, key), used)
     if config.metrics.tenant_labels:
-        for name, tenant in config.tenants.items():
-            limits = tenant.model_dump(include={"tpm", "tokens_per_day", "tokens_per_month"})
-            for budget, bucket in budget_buckets(config.limiter, name, limits):
+        for name in config.tenants:
+            for budget, bucket in limiter.budgets(name):
                 metrics.watch_budget(name, budget, bucket.limit, usage.watch(bucket))
     return Observability(config, metrics, health, usage)
 

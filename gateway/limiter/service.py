@@ -53,6 +53,8 @@ class Metrics(Protocol):
 
     def settled(self, route: str, tenant: str, tokens: int, delta: int) -> None: ...
 
+    def spent(self, tenant: str, model: str, micros: int) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Bill:
@@ -336,6 +338,8 @@ class Limiter:
                 spend = ticket.spend_reserved
             tally = self.ledger.settled(ticket.tenant, bill.model, ticket.admitted.now_ms,
                                         usage, actual, spend)  # fmt: skip
+            if spend:
+                self._metrics.spent(ticket.tenant, bill.model, spend)
         spend_delta = spend - ticket.spend_reserved
         if isinstance(self._store, FailoverStore):
             await self._store.settle(ticket.store, ticket.plan, ticket.admitted, delta,
