@@ -424,8 +424,8 @@ def _tenant_usage_text(u: dict[str, Any]) -> str:
     models = u.get("models") or {}
     if models:
         parts.append(table(_usage_headers("MODEL", "PERIOD"),
-                           [[m, p, *_period_cells(by.get(p))]
-                            for m, by in models.items() for p in PERIODS]))  # fmt: skip
+                           [[m, p, *_period_cells(by[p])]
+                            for m, by in models.items() for p in PERIODS if p in by]))  # fmt: skip
     budgets = u.get("budgets") or []
     parts.append(table(BUDGET_HEADERS, _budget_rows(budgets)) if budgets else "(no budgets)")
     return "\n\n".join(parts)

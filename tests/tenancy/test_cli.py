@@ -269,12 +269,6 @@ def test_pools(gw: GatewayProcess) -> None:
     assert "input estimate calibration:" in text
 
 
-def _has_usage(url: str) -> bool:
-    schema = httpx.get(f"{url}/admin/openapi.json",
-                       headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()  # fmt: skip
-    return "/admin/tenants/{tenant_id}/usage" in schema["paths"]
-
-
 def test_walkthrough_create_key_boto3_budget_usage_revoke(
     gw: GatewayProcess, make_client: ClientFactory
 ) -> None:
@@ -309,26 +303,33 @@ def test_walkthrough_create_key_boto3_budget_usage_revoke(
     assert _row(shown, key_id)[3] == "active"
     assert secret not in shown
 
-    usage_landed = _has_usage(url)
-    if usage_landed:
-        usage = ok_json("usage", "search", url=url)
-        day = usage["periods"]["day"]
-        assert day["requests"] == 4
-        assert day["output_tokens"] == 12
-        cost = day["input_tokens"] * PRICE["input"] + day["output_tokens"] * PRICE["output"]
-        assert day["spend_usd"] == pytest.approx(cost / 1000, abs=1e-6)
-        table = ok("usage", "search", url=url)
-        assert _row(table, "day")[2] == "4"
-        assert _row(table, "tokens_per_day")[1] == "100000"
-        everyone = ok_json("usage", url=url)["tenants"]
-        assert "search" in {u["tenant"] for u in everyone}
+    usage = ok_json("usage", "search", url=url)
+    day = usage["periods"]["day"]
+    assert (day["requests"], day["output_tokens"]) == (4, 12)
+    cost = (day["input_tokens"] * PRICE["input"] + day["output_tokens"] * PRICE["output"]) / 1000
+    assert day["spend_usd"] == pytest.approx(cost, abs=4e-6)  # each call rounded up to 1e-6
+    assert usage["models"]["claude-sonnet"]["day"] == day
+    budgets = {b["name"]: b for b in usage["budgets"]}
+    assert budgets["tokens_per_day"]["used"] > 0  # the 3 calls since the budget was set
+    assert 0 < budgets["monthly_spend_usd"]["used"] <= day["spend_usd"]
+    table = ok("usage", "search", url=url)
+    assert _row(table, "day")[2] == "4"  # REQUESTS
+    assert _row(table, "day")[-1] == f"{day['spend_usd']:.6f}".rstrip("0")  # SPEND USD
+    assert _row(table, "tokens_per_day")[1] == "100000"
+    assert _row(table, "monthly_spend_usd")[1] == "5.00"
+    assert "search" in {u["tenant"] for u in ok_json("usage", url=url)["tenants"]}
+
+    # A spend budget already used up: the next call is refused, naming it.
+    ok("tenants", "set", "search", "--monthly-spend-usd", "0.000001", url=url)
+    with pytest.raises(client.exceptions.ServiceQuotaExceededException, match="spend budget"):
+        converse()
+    ok("tenants", "set", "search", "--monthly-spend-usd", "none", url=url)
+    converse()
 
     revoked = ok("tenants", "keys", "revoke", "search", key_id, url=url)
     assert revoked.startswith(f"revoked sigv4 credential {key_id}")
-    with pytest.raises(client.exceptions.AccessDeniedException):
+    with pytest.raises(client.exceptions.AccessDeniedException, match="revoked"):
         converse()
-    if not usage_landed:
-        pytest.skip("no usage endpoint in this gateway yet: the walkthrough ran without usage")
 
 
 USAGE_PERIOD = {"start": 1796256000, "requests": 12, "throttled": 1, "input_tokens": 3400,
@@ -349,7 +350,8 @@ USAGE = {
 
 
 async def _usage_stub(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The usage endpoints' documented shape, for as long as the gateway has none of its own."""
+    """The usage endpoints' shape, with what a gateway does not send (a budget without
+    ``remaining``, a tenant without periods) and answers no gateway gives."""
     if scope["type"] != "http":
         return
     headers = dict(scope["headers"])
