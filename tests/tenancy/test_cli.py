@@ -136,6 +136,7 @@ def test_tenant_create_show_set_list_delete(gw: GatewayProcess) -> None:
     assert len(table.splitlines()) == len(ids) + 1
 
     assert ok("tenants", "delete", "cli-page-0", url=url).startswith("deleted tenant cli-page-0")
+    assert ok_json("tenants", "delete", "cli-page-1", url=url) == {"deleted": "cli-page-1"}
     gone = cli("tenants", "show", "cli-page-0", url=url)
     assert gone.returncode == 1
     assert gone.stderr == ("bedrock-gateway: refused (404 ResourceNotFoundException, field "
