@@ -107,32 +107,16 @@ def route_of(model: ModelConfig, config: RouteConfig) -> Route:
 
 
 class Catalog:
-    """Resolves a client's model identifier to a ``Target``; built once per config."""
+    """Resolves a client's model identifier to a ``Target``; built per config (``load`` swaps
+    in a reloaded one at once: a request resolved before keeps the target it got)."""
 
     def __init__(self, models: Mapping[str, ModelConfig]) -> None:
-        self._by_id: dict[str, Target] = {}
-        self._by_region_id: dict[tuple[str, str], Target] = {}
-        self.models: dict[str, ModelSpec] = {}
-        for name, config in models.items():
-            spec = ModelSpec(
-                name, config.model_id, config.output_burndown, config.max_output_tokens,
-                tuple(config.fallback),
-            )  # fmt: skip
-            self.models[name] = spec
-            routes = tuple(route_of(config, r) for r in config.routes)
-            self._by_id[name] = Target(spec, routes)
-            self._by_id.setdefault(config.model_id, Target(spec, routes))
-            self._index_routes(spec, routes)
+        self.load(models)
 
-    def _index_routes(self, spec: ModelSpec, routes: tuple[Route, ...]) -> None:
-        for route in routes:
-            same_id = tuple(r for r in routes if r.upstream_id == route.upstream_id)
-            if route.scope != "on-demand":
-                self._by_id.setdefault(route.upstream_id, Target(spec, same_id))
-            arn = parse_arn(route.upstream_id)
-            bare_id = arn.resource_id if arn and route.scope != "application" else route.upstream_id
-            in_region = tuple(r for r in same_id if r.region == route.region)
-            self._by_region_id.setdefault((route.region, bare_id), Target(spec, in_region))
+    def load(self, models: Mapping[str, ModelConfig]) -> None:
+        built = _Built()
+        built.fill(models)
+        self._by_id, self._by_region_id, self.models = built.by_id, built.by_region_id, built.models
 
     def targets(self) -> list[Target]:
         """Every configured model with all its routes."""
@@ -148,3 +132,34 @@ class Catalog:
         if arn.resource_type in ("foundation-model", "inference-profile"):
             return self._by_region_id.get((arn.region, arn.resource_id))
         return None
+
+
+class _Built:
+    """A catalog's indexes while they are built."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Target] = {}
+        self.by_region_id: dict[tuple[str, str], Target] = {}
+        self.models: dict[str, ModelSpec] = {}
+
+    def fill(self, models: Mapping[str, ModelConfig]) -> None:
+        for name, config in models.items():
+            spec = ModelSpec(
+                name, config.model_id, config.output_burndown, config.max_output_tokens,
+                tuple(config.fallback),
+            )  # fmt: skip
+            self.models[name] = spec
+            routes = tuple(route_of(config, r) for r in config.routes)
+            self.by_id[name] = Target(spec, routes)
+            self.by_id.setdefault(config.model_id, Target(spec, routes))
+            self._index_routes(spec, routes)
+
+    def _index_routes(self, spec: ModelSpec, routes: tuple[Route, ...]) -> None:
+        for route in routes:
+            same_id = tuple(r for r in routes if r.upstream_id == route.upstream_id)
+            if route.scope != "on-demand":
+                self.by_id.setdefault(route.upstream_id, Target(spec, same_id))
+            arn = parse_arn(route.upstream_id)
+            bare_id = arn.resource_id if arn and route.scope != "application" else route.upstream_id
+            in_region = tuple(r for r in same_id if r.region == route.region)
+            self.by_region_id.setdefault((route.region, bare_id), Target(spec, in_region))

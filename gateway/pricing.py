@@ -66,19 +66,24 @@ class PriceTable:
     """Prices by model name (the config's ``models`` key) and route."""
 
     def __init__(self, models: Mapping[str, ModelConfig]) -> None:
-        self._model: dict[str, Price] = {}
-        self._route: dict[tuple[str, str], Price] = {}
-        self._any: dict[str, tuple[Price, ...]] = {}
+        self.load(models)
+
+    def load(self, models: Mapping[str, ModelConfig]) -> None:
+        """Take the prices of ``models`` (built first, swapped in at once: a config reload)."""
+        by_model: dict[str, Price] = {}
+        by_route: dict[tuple[str, str], Price] = {}
+        any_of: dict[str, tuple[Price, ...]] = {}
         """Per model, every price one of its calls may be billed at (costing before routing)."""
         for name, config in models.items():
             base = FREE if config.price is None else Price.of(config.price)
-            self._model[name] = base
+            by_model[name] = base
             prices = {base}
             for rc in config.routes:
                 price = base if rc.price is None else Price.of(rc.price)
-                self._route[(name, route_of(config, rc).label)] = price
+                by_route[(name, route_of(config, rc).label)] = price
                 prices.add(price)
-            self._any[name] = tuple(p for p in prices if p != FREE)
+            any_of[name] = tuple(p for p in prices if p != FREE)
+        self._model, self._route, self._any = by_model, by_route, any_of
 
     def price(self, model: str, route: Route | str | None = None) -> Price:
         """The price of ``model`` on ``route`` (a ``Route`` or its ``label``); the model's own

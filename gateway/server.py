@@ -104,4 +104,5 @@ def serve(config: GatewayConfig, config_path: str) -> None:
     else:
         import uvicorn
 
-        uvicorn.run(create_app(config), **uvicorn_options(config))
+        uvicorn.run(create_app(config, config_path=os.path.abspath(config_path)),
+                    **uvicorn_options(config))  # fmt: skip

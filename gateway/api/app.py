@@ -30,6 +30,7 @@ from gateway.api.admin import (
     admin_router,
     openapi_router,
 )
+from gateway.api.admin_config import config_router
 from gateway.api.admin_tenants import tenants_router
 from gateway.api.admin_usage import usage_router
 from gateway.api.asgi import Receive, Scope, Send
@@ -64,6 +65,7 @@ from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics
 from gateway.pricing import PriceTable
 from gateway.queueing.dispatcher import Queues
+from gateway.reload import Reloader
 from gateway.retry import RetryPolicy
 from gateway.storewatch import TimedStore
 from gateway.tenancy.errors import InvalidField, NotFound
@@ -90,6 +92,7 @@ class Parts:
     learned: LearnedQuotas
     calibrations: Calibrations
     tenancy: Tenancy
+    reloader: Reloader
 
 
 class GatewayApp:
@@ -221,7 +224,9 @@ def _control_app(
 
     usage = usage_router(parts.limiter, parts.limiter.tenant_names, bucket_reader(parts.store))
     admin = [admin_router(parts.catalog, parts.limiter, parts.learned, parts.calibrations),
-             tenants_router(parts.tenancy.admin, time.time), usage]  # fmt: skip
+             tenants_router(parts.tenancy.admin, time.time), usage,
+             config_router(parts.reloader, parts.tenancy, time.time,
+                           config.limiter.timeout_s * 8)]  # fmt: skip
     for router in [*admin, openapi_router(admin)]:
         app.include_router(router)
 
@@ -234,8 +239,10 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     wall_clock: Callable[[], float] = time.time,
     metrics: Metrics | None = None,
+    config_path: str | None = None,
 ) -> GatewayApp:
-    """Build the gateway for ``config``. Raises ``ConfigError`` for missing secrets."""
+    """Build the gateway for ``config`` (read from ``config_path``, which a config reload reads
+    again). Raises ``ConfigError`` for missing secrets."""
     environ = os.environ if environ is None else environ
     metrics = metrics or Metrics(tenant_labels=config.metrics.tenant_labels)
     health = upstream_health(config, Catalog(config.models))
@@ -271,9 +278,10 @@ def create_app(
     )  # fmt: skip
     catalog = Catalog(config.models)
     calibrations = _calibrations(config, store, metrics)
+    prices = PriceTable(config.models)
     calls = Calls(
         catalog, upstream, limiter, queues, attempts, calibrations, clock=time.monotonic,
-        fallback_allowed=fallback_allowed, metrics=metrics, prices=PriceTable(config.models),
+        fallback_allowed=fallback_allowed, metrics=metrics, prices=prices,
     )  # fmt: skip
 
     def tenant_changed(name: str, spec: TenantSpec | None) -> None:
@@ -303,11 +311,38 @@ def create_app(
         default_wait_s=config.queue.max_wait_s,
         access_log=config.logging.access_log,
     )
+    reloader = _reloader(config, config_path, catalog, prices, queues, dataplane, metrics, tenancy)
     parts = Parts(catalog, credentials, upstream, store, limiter, queues, learned, calibrations,
-                  tenancy)  # fmt: skip
+                  tenancy, reloader)  # fmt: skip
     obs = observability(config, catalog, store, limiter, learned, metrics, health)
     control = _control_app(config, obs, parts, environ)
     return GatewayApp(dataplane, control, AdminKeys(config.admin.named_keys()))
+
+
+def _reloader(
+    config: GatewayConfig, path: str | None, catalog: Catalog, prices: PriceTable, queues: Queues,
+    dataplane: DataPlane, metrics: Metrics, tenancy: Tenancy,
+) -> Reloader:  # fmt: skip
+    """What a config reload changes in a running gateway (``gateway/reload.py``), at once."""
+
+    def apply(new: GatewayConfig) -> None:
+        catalog.load(new.models)
+        prices.load(new.models)
+        tenancy.admin.models = frozenset(new.models)
+        queues.max_depth, queues.recheck_ms = new.queue.max_depth, int(new.queue.recheck_s * 1000)
+        queues.refuse_when_hopeless = new.queue.refuse_when_hopeless
+        dataplane.reconfigure(default_wait_s=new.queue.max_wait_s,
+                              access_log=new.logging.access_log)  # fmt: skip
+        logs.configure(new.logging)
+        for name in new.models:
+            metrics.queue_depth.labels(name).set_function(partial(queues.depth, name))
+
+    async def seed(new: GatewayConfig) -> None:
+        await tenancy.reseed(new, config.limiter.timeout_s * 8)
+
+    reloader = Reloader(path, config, apply, seed)
+    tenancy.registry.on_config = reloader.follow
+    return reloader
 
 
 def _admin_http_error(exc: HTTPException) -> GatewayError:
@@ -367,4 +402,4 @@ def app_from_env() -> GatewayApp:
         raise ConfigError("GATEWAY_CONFIG is not set")
     config = load_config(path)
     logs.configure(config.logging)  # a spawned worker does not inherit the parent's set-up
-    return create_app(config)
+    return create_app(config, config_path=path)

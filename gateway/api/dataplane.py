@@ -181,6 +181,10 @@ class DataPlane:
         self._max_body = max_body_bytes
         self._access_log = access_log
 
+    def reconfigure(self, *, default_wait_s: float, access_log: bool) -> None:
+        """A config reload's ``queue.max_wait_s`` and ``logging.access_log``."""
+        self._default_wait_s, self._access_log = default_wait_s, access_log
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = new_request_id()

@@ -1,7 +1,8 @@
 """The tenant store in Redis, over the limiter's pipelining connection (``resp.Pipe``).
 
 Keys, all in the ``{prefix}`` hash slot: ``{p}:tenants`` (hash: id → record JSON),
-``{p}:tenants:version`` (bumped by every write; replicas poll it), ``{p}:tenants:audit``
+``{p}:tenants:version`` (bumped by every write; replicas poll it), ``{p}:tenants:config``
+(the config generation, bumped by every config reload), ``{p}:tenants:audit``
 (sorted set scored by version), ``{p}:tenants:deleted`` (set) and ``{p}:tenants:used`` (hash:
 credential id → last use, Unix seconds). A write is one Lua script (``lua/write.lua``).
 Connection failures become ``StoreUnavailable`` here and nowhere else.
@@ -20,6 +21,13 @@ from gateway.tenancy.store import Snapshot, StaleRevision, Write
 
 _WRITE = resources.files("gateway.tenancy").joinpath("lua", "write.lua").read_text("utf-8")
 _WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest()
+# A config reload: bump the generation and the version, and audit it under the new version.
+_SIGNAL = """
+local v = redis.call('INCR', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[3], v, '{"seq":' .. v .. ',' .. string.sub(ARGV[1], 2))
+return v
+"""
 
 
 class RedisTenantStore:
@@ -28,6 +36,7 @@ class RedisTenantStore:
         base = f"{{{prefix}}}:tenants"
         self._hash, self._version = base, f"{base}:version"
         self._audit, self._deleted, self._used = f"{base}:audit", f"{base}:deleted", f"{base}:used"
+        self._config = f"{base}:config"
         self._retain = retain
 
     @classmethod
@@ -42,11 +51,17 @@ class RedisTenantStore:
         version = await self.version()
         flat = await self._call("HGETALL", self._hash)
         deleted = await self._call("SMEMBERS", self._deleted)
+        generation = int(await self._call("GET", self._config) or 0)
         tenants = {}
         for raw in flat[1::2]:
             record = TenantRecord.model_validate_json(raw)
             tenants[record.id] = record
-        return Snapshot(version, tenants, frozenset(d.decode() for d in deleted))
+        return Snapshot(version, tenants, frozenset(d.decode() for d in deleted), generation)
+
+    async def signal_reload(self, audit: AuditEntry) -> int:
+        keys = [self._version, self._config, self._audit]
+        entry = audit.model_dump_json(exclude={"seq"})
+        return int(await self._call("EVAL", _SIGNAL, len(keys), *keys, entry))
 
     async def write(self, write: Write) -> int:
         record = "" if write.record is None else write.record.model_dump_json()

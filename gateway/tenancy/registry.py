@@ -64,6 +64,10 @@ class TenantRegistry:
         self._failing = False
         self.pending: Callable[[], Awaitable[None]] | None = None
         """Run before the next refresh until it succeeds (the seeding a failed start missed)."""
+        self.config_generation: int | None = None
+        """The store's config generation last seen (None: not yet)."""
+        self.on_config: Callable[[int], Awaitable[None]] | None = None
+        """Called when another replica's config reload bumped the generation."""
 
     def install(self, snapshot: Snapshot) -> None:
         """Make ``snapshot`` this replica's view: changed tenants first, then the directory."""
@@ -83,7 +87,11 @@ class TenantRegistry:
             return False
         if 0 <= version < self.version and self.records:
             await asyncio.wait_for(self._restore(version), self._timeout_s)
-        self.install(await asyncio.wait_for(self.store.load(), self._timeout_s))
+        snapshot = await asyncio.wait_for(self.store.load(), self._timeout_s)
+        self.install(snapshot)
+        seen, self.config_generation = self.config_generation, snapshot.config_generation
+        if seen is not None and snapshot.config_generation != seen and self.on_config:
+            await self.on_config(snapshot.config_generation or 0)
         return True
 
     async def _restore(self, version: int) -> None:

@@ -47,6 +47,15 @@ class TenantAdmin:
         self._max_wait_limit_s = max_wait_limit_s
         self._clock = clock
 
+    @property
+    def models(self) -> frozenset[str]:
+        """The model names a tenant's ``models`` may list."""
+        return self._models
+
+    @models.setter
+    def models(self, names: frozenset[str]) -> None:  # a config reload
+        self._models = names
+
     async def tenants(self) -> dict[str, TenantRecord]:
         await self._guard(self._registry.refresh())
         return self._registry.records

@@ -42,6 +42,9 @@ class Snapshot:
     tenants: dict[str, TenantRecord]
     deleted: frozenset[str]
     """Tenants deleted through the admin API (the file does not bring them back)."""
+    config_generation: int | None = None
+    """Bumped by every config reload (each replica then reloads its own file); None for the
+    config file's own snapshot, before the store answered."""
 
 
 class TenantStore(Protocol):
@@ -51,6 +54,11 @@ class TenantStore(Protocol):
 
     async def write(self, write: Write) -> int:
         """Apply ``write``; the new version. Raises StaleRevision."""
+        ...
+
+    async def signal_reload(self, audit: AuditEntry) -> int:
+        """Bump the config generation and the version (so every replica's poll sees it) and
+        append ``audit``; the new version."""
         ...
 
     async def audit(self, limit: int, before: int | None) -> list[AuditEntry]:
@@ -81,6 +89,7 @@ class MemoryTenantStore:
     _deleted: set[str] = field(default_factory=set)
     _audit: list[AuditEntry] = field(default_factory=list)
     _used: dict[str, float] = field(default_factory=dict)
+    _config_generation: int = 0
 
     def __post_init__(self) -> None:
         if self.path is not None and Path(self.path).exists():
@@ -90,7 +99,9 @@ class MemoryTenantStore:
         return self._version
 
     async def load(self) -> Snapshot:
-        return Snapshot(self._version, dict(self._tenants), frozenset(self._deleted))
+        return Snapshot(
+            self._version, dict(self._tenants), frozenset(self._deleted), self._config_generation
+        )
 
     async def write(self, write: Write) -> int:
         check_revision(self._tenants.get(write.tenant), write.expect)
@@ -102,6 +113,14 @@ class MemoryTenantStore:
             self._tenants[write.tenant] = write.record
             self._deleted.discard(write.tenant)
         self._audit.append(write.audit.model_copy(update={"seq": self._version}))
+        del self._audit[: -self.retain]
+        self._save()
+        return self._version
+
+    async def signal_reload(self, audit: AuditEntry) -> int:
+        self._version += 1
+        self._config_generation += 1
+        self._audit.append(audit.model_copy(update={"seq": self._version}))
         del self._audit[: -self.retain]
         self._save()
         return self._version
@@ -129,6 +148,7 @@ class MemoryTenantStore:
             "deleted": sorted(self._deleted),
             "audit": [e.model_dump(mode="json") for e in self._audit],
             "last_used": self._used,
+            "config_generation": self._config_generation,
         }
         target = Path(self.path)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -145,3 +165,4 @@ class MemoryTenantStore:
         self._deleted = set(state.get("deleted", []))
         self._audit = [AuditEntry.model_validate(e) for e in state.get("audit", [])]
         self._used = {k: float(v) for k, v in state.get("last_used", {}).items()}
+        self._config_generation = int(state.get("config_generation", 0))

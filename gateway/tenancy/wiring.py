@@ -82,6 +82,14 @@ class Tenancy:
         admin = self._config.admin
         await seed(self.registry.store, self._config.tenants, admin.seed, self._clock())
 
+    async def reseed(self, config: GatewayConfig, timeout_s: float) -> None:
+        """A reloaded config's tenants into the store (``admin.seed`` as at start), then this
+        replica's view of them; raises StoreUnavailable or TimeoutError."""
+        self._config = config
+        self.admin.models = frozenset(config.models)
+        await asyncio.wait_for(self._seed(), timeout_s)
+        await asyncio.wait_for(self.registry.refresh(), timeout_s)
+
     async def start(self, timeout_s: float) -> None:
         """Seed and load once (bounded), then keep in step in the background."""
         try:
