@@ -67,6 +67,7 @@ from gateway.pricing import PriceTable
 from gateway.queueing.dispatcher import Queues
 from gateway.reload import Reloader
 from gateway.retry import RetryPolicy
+from gateway.statuspage.routes import dashboard_router
 from gateway.storewatch import TimedStore
 from gateway.tenancy.errors import InvalidField, NotFound
 from gateway.tenancy.model import TenantSpec
@@ -229,6 +230,7 @@ def _control_app(
                            config.limiter.timeout_s * 8)]  # fmt: skip
     for router in [*admin, openapi_router(admin)]:
         app.include_router(router)
+    app.include_router(dashboard_router(obs.status, AdminKeys(config.admin.named_keys())))
 
     return app
 

@@ -25,6 +25,7 @@ from gateway.limiter.memory import MemoryStore
 from gateway.limiter.redis_store import RedisStore
 from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics, pool_name
+from gateway.statuspage.history import StatusHistory
 from gateway.storewatch import BucketUsage, TimedStore
 from gateway.upstream.client import base_url
 from gateway.upstream.health import UpstreamHealth
@@ -48,16 +49,19 @@ def shared_redis(store: FailoverStore | Store) -> RedisStore | None:
 
 class Observability:
     def __init__(self, config: GatewayConfig, metrics: Metrics, health: UpstreamHealth,
-                 usage: BucketUsage) -> None:  # fmt: skip
+                 usage: BucketUsage, status: StatusHistory) -> None:  # fmt: skip
         self._config = config.metrics
         self._host = config.server.host
         self.metrics = metrics
         self.health = health
         self.usage = usage
+        self.status = status
+        """What ``/dashboard`` shows (gateway.statuspage), sampled from the same state."""
         self._server: Any = None
 
     def start(self) -> None:
         self.usage.start()
+        self.status.start()
         if self._config.port is not None:  # a thread of prometheus_client's own
             from prometheus_client import start_http_server
 
@@ -68,6 +72,7 @@ class Observability:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        await self.status.close()
         await self.usage.close()
 
     @property
@@ -111,7 +116,8 @@ def observability(
         for name in config.tenants:
             for budget, bucket in limiter.budgets(name):
                 metrics.watch_budget(name, budget, bucket.limit, usage.watch(bucket))
-    return Observability(config, metrics, health, usage)
+    status = StatusHistory.watching(config, catalog, store, limiter, learned, metrics, usage)
+    return Observability(config, metrics, health, usage, status)
 
 
 def budget_buckets(
