@@ -5,6 +5,7 @@ GatewayError
 ├── Unauthenticated       401  no admin key presented
 ├── InvalidField          400  a value is wrong; ``field`` says which
 ├── NotFound              404  no such tenant or credential
+├── MethodNotAllowed      405  a known admin path that does not take this method
 ├── Conflict              409  it exists already, or changed since it was read
 └── StoreDown             503  the tenant store did not answer
 """
@@ -35,6 +36,16 @@ class InvalidField(TenancyError):
 class NotFound(TenancyError):
     error_type = "ResourceNotFoundException"
     status = 404
+
+
+class MethodNotAllowed(TenancyError):
+    error_type = "MethodNotAllowedException"
+    status = 405
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+        """The methods the path takes, for the ``Allow`` header."""
 
 
 class Conflict(TenancyError):

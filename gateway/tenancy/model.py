@@ -10,14 +10,27 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from gateway.config import _LABEL as LABEL_NAME
 from gateway.config import TENANT_ID, TenantConfig
 
 LIMITS = ("tpm", "rpm", "tokens_per_day", "tokens_per_month", "max_concurrency")
 """The token and request budgets the limiter enforces (and ``monthly_spend_usd``, apart)."""
 
-PositiveInt = Annotated[int, Field(ge=1)]
+
+def _whole(value: object) -> object:
+    # JSON Schema counts 5.0 as an integer: so do the strict request models
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+PositiveInt = Annotated[int, Field(ge=1), BeforeValidator(_whole)]
+_LABELS_SCHEMA: dict[str, object] = {"maxProperties": 32,
+                                     "propertyNames": {"pattern": LABEL_NAME.pattern}}  # fmt: skip
+Labels = Annotated[
+    dict[str, Annotated[str, Field(max_length=256)]], Field(json_schema_extra=_LABELS_SCHEMA)
+]
+"""Free-form labels: at most 32, names as the config file's (the schema says so too)."""
 
 
 class TenantSpec(BaseModel):
@@ -39,11 +52,14 @@ class TenantSpec(BaseModel):
     weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
     max_wait_s: Annotated[float, Field(ge=0, le=300)] | None = None
     allow_fallback: bool = False
-    labels: dict[str, Annotated[str, Field(max_length=256)]] = {}
+    labels: Labels = {}
 
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:  # whole names: ``match`` and ``$`` let a trailing newline through
+            if not LABEL_NAME.fullmatch(name):
+                raise ValueError(f"label name {name[:64]!r}: 1-63 letters, digits, '_', '-', '.'")
         # the same rule as the config file's
         return TenantConfig.model_validate({"labels": v}).labels
 
@@ -52,9 +68,10 @@ class TenantSpec(BaseModel):
 
 
 class TenantPatch(BaseModel):
-    """A partial update: only the fields sent change; null clears an optional one."""
+    """A partial update: only the fields sent change; null clears an optional one. Strict:
+    JSON as the schema types it (no ``0`` for ``false``, no ``"5"`` for ``5``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     display_name: Annotated[str, Field(max_length=200)] | None = None
     models: list[str] | None = None
@@ -68,7 +85,7 @@ class TenantPatch(BaseModel):
     weight: Annotated[float, Field(gt=0, le=1000)] | None = None
     max_wait_s: Annotated[float, Field(ge=0, le=300)] | None = None
     allow_fallback: bool | None = None
-    labels: dict[str, Annotated[str, Field(max_length=256)]] | None = None
+    labels: Labels | None = None
 
     def apply(self, spec: TenantSpec) -> TenantSpec:
         """``spec`` with this patch's fields; raises pydantic's ValidationError."""
@@ -136,7 +153,8 @@ class AuditEntry(BaseModel):
 
 
 def valid_tenant_id(value: str) -> bool:
-    return bool(TENANT_ID.match(value))
+    # fullmatch: ``$`` alone would let a trailing newline through (JSON Schema's would not)
+    return bool(TENANT_ID.fullmatch(value))
 
 
 def public_credential(credential: Credential, now: float, last_used: float | None) -> dict[

@@ -30,7 +30,8 @@ from gateway.tenancy.registry import TenantRegistry
 from gateway.tenancy.secrets import SecretBox, hash_key, new_access_key_pair, new_bearer_key
 from gateway.tenancy.store import StaleRevision, Write
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,63}$")
+CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.@-]{0,63}$")
+"""What a credential's name may be (whole-string: ``fullmatch``, as JSON Schema's ``pattern``)."""
 _ATTEMPTS = 5
 T = TypeVar("T")
 
@@ -55,6 +56,11 @@ class TenantAdmin:
     @models.setter
     def models(self, names: frozenset[str]) -> None:  # a config reload
         self._models = names
+
+    @property
+    def max_wait_limit_s(self) -> float:
+        """``max_wait_s`` must be shorter than this (``server.shutdown_grace_s``)."""
+        return self._max_wait_limit_s
 
     async def tenants(self) -> dict[str, TenantRecord]:
         await self._guard(self._registry.refresh())
@@ -112,7 +118,7 @@ class TenantAdmin:
     ) -> tuple[TenantRecord, Credential, dict[str, str]]:  # fmt: skip
         """The tenant, the new credential and its plaintext (shown once, never stored)."""
         now = self._clock()
-        if not _NAME.match(name):
+        if not CREDENTIAL_NAME.fullmatch(name):
             raise InvalidField("Credential names are 1-64 letters, digits, spaces or '_.@-'.",
                                "name")  # fmt: skip
         if expires_at is not None and expires_at <= now:
