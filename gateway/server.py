@@ -9,6 +9,7 @@ serves HTTP/1.1 only, with uvicorn. docs/benchmarks.md compares the two.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import signal
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from gateway import logs, preflight
 from gateway.api.app import create_app
 from gateway.config import GatewayConfig, LoggingConfig
+from gateway.shutdown import SERVER_TAIL_S
 
 _FACTORY = "gateway.api.app:app_from_env"  # each worker process builds its own app from it
 
@@ -33,6 +35,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "port": server.port,
         "log_level": "warning",
         "access_log": False,  # the data plane logs one line per request itself
+        # when the drain (gateway/shutdown.py) hands the stop over, it sets what is left
         "timeout_graceful_shutdown": server.shutdown_grace_s,
         "ssl_certfile": tls.certfile if tls else None,
         "ssl_keyfile": tls.keyfile if tls else None,
@@ -54,9 +57,9 @@ def granian_options(config: GatewayConfig) -> dict[str, Any]:
         "factory": True,
         "log_access": False,  # the data plane logs one line per request itself
         "log_dictconfig": _granian_logging(config),
-        # Workers stop accepting on SIGTERM and finish what is in flight; past the grace
-        # period they are killed (granian takes whole seconds, at least one).
-        "workers_kill_timeout": max(1, round(server.shutdown_grace_s)),
+        # On SIGTERM each worker drains (gateway/shutdown.py) within the grace period, then
+        # stops; a worker still running past it and the tail is killed (whole seconds).
+        "workers_kill_timeout": math.ceil(server.shutdown_grace_s + SERVER_TAIL_S),
         "ssl_cert": Path(tls.certfile) if tls else None,
         "ssl_key": Path(tls.keyfile) if tls else None,
     }

@@ -174,7 +174,10 @@ class GatewayProcess:
     """``bedrock-gateway serve`` as a child process (the real server, granian or uvicorn, with
     its workers and lifespan), ready once ``/health/ready`` answers 200."""
 
-    def __init__(self, config: dict[str, Any], environ: dict[str, str], cafile: str | None = None):
+    def __init__(
+        self, config: dict[str, Any], environ: dict[str, str], cafile: str | None = None,
+        log_path: str | None = None,
+    ):  # fmt: skip
         self.dir = tempfile.mkdtemp(prefix="gw-serve-")
         self.config_path = os.path.join(self.dir, "gateway.yaml")
         self.port = free_port()
@@ -183,6 +186,7 @@ class GatewayProcess:
             json.dump(config, file)  # JSON is YAML
         self.environ = environ
         self.cafile = cafile
+        self.log_path = log_path  # the process's stdout and stderr, else discarded
         self.tls = bool(config["server"].get("tls"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -192,12 +196,15 @@ class GatewayProcess:
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         exe = os.path.join(os.path.dirname(sys.executable), "bedrock-gateway")
+        output: Any = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             [exe, "serve", "--config", self.config_path],
             env={**os.environ, **self.environ},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT if self.log_path else subprocess.DEVNULL,
         )
+        if self.log_path:
+            output.close()  # the child has its own copy
         deadline = time.monotonic() + timeout
         verify: Any = ssl.create_default_context(cafile=self.cafile) if self.cafile else True
         while True:

@@ -29,6 +29,7 @@ from starlette.testclient import TestClient
 from gateway.api.app import GatewayApp, create_app
 from gateway.cli import build_parser
 from gateway.config import GatewayConfig, load_config, parse_config
+from gateway.shutdown import SERVER_TAIL_S
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -977,10 +978,11 @@ def test_prestop_and_grace_period_match_the_drain() -> None:
     pre_stop = float(command[1])
     assert 0 < pre_stop <= 15
     config = configmap_config()
-    drain = pre_stop + config.server.shutdown_grace_s
+    drain = pre_stop + config.server.shutdown_grace_s + SERVER_TAIL_S
     grace = pod["terminationGracePeriodSeconds"]
-    # Longer than the preStop pause plus the drain, or the kubelet kills requests the gateway
-    # is still finishing; not much longer, or a stuck pod lingers.
+    # Longer than the preStop pause plus the drain and the server's stop after it, or the
+    # kubelet kills requests the gateway is still finishing; not much longer, or a stuck pod
+    # lingers.
     assert drain < grace <= drain + 15
     assert config.queue.max_wait_s < config.server.shutdown_grace_s
 

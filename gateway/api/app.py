@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -67,6 +67,7 @@ from gateway.pricing import PriceTable
 from gateway.queueing.dispatcher import Queues
 from gateway.reload import Reloader
 from gateway.retry import RetryPolicy
+from gateway.shutdown import Drain, Refusal, cancel_requests
 from gateway.statuspage.routes import dashboard_router
 from gateway.storewatch import TimedStore
 from gateway.tenancy.errors import InvalidField, NotFound
@@ -74,6 +75,8 @@ from gateway.tenancy.model import TenantSpec
 from gateway.tenancy.wiring import Tenancy
 from gateway.upstream.client import Fanout, UpstreamClient
 from gateway.upstream.credentials import CredentialSource, open_source
+
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class _Credentials(dict[str, CredentialSource]):
@@ -101,9 +104,14 @@ class GatewayApp:
     control app, and everything else to the control app."""
 
     def __init__(self, dataplane: DataPlane, control: FastAPI, admin_keys: AdminKeys) -> None:
-        self.dataplane = dataplane
+        self.dataplane: ASGIApp = dataplane
         self.control = control
         self.admin = AdminGuard(admin_keys, control)
+
+    def refuse_new(self, refusal: ASGIApp) -> None:
+        """Draining (gateway/shutdown.py): ``refusal`` answers every data-plane request from
+        now on; swapped in, so no request pays for a check."""
+        self.dataplane = refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/model/"):
@@ -149,8 +157,9 @@ async def limiter_state(store: FailoverStore | Store, on_failure: str) -> str:
 
 
 def _control_app(
-    config: GatewayConfig, obs: Observability, parts: Parts, environ: Mapping[str, str]
-) -> FastAPI:
+    config: GatewayConfig, obs: Observability, parts: Parts, environ: Mapping[str, str],
+    drain: Drain,
+) -> FastAPI:  # fmt: skip
     ready: dict[str, str] = {"credentials": "starting"}
 
     @asynccontextmanager
@@ -169,6 +178,7 @@ def _control_app(
         parts.calibrations.start()
         obs.start()
         await parts.tenancy.start(config.limiter.timeout_s * 8)
+        drain.install()  # SIGTERM drains first (gateway/shutdown.py)
         try:
             yield
         finally:
@@ -210,6 +220,8 @@ def _control_app(
     async def is_ready() -> JSONResponse:
         ready["limiter"] = await limiter_state(parts.store, config.limiter.on_store_failure)
         ready["upstream"] = await obs.health.state()
+        if drain.draining:
+            ready["shutdown"] = "draining"
         ok = all(state == "ok" or state.startswith("degraded") for state in ready.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "components": ready},
                             status_code=200 if ok else 503)  # fmt: skip
@@ -317,8 +329,19 @@ def create_app(
     parts = Parts(catalog, credentials, upstream, store, limiter, queues, learned, calibrations,
                   tenancy, reloader)  # fmt: skip
     obs = observability(config, catalog, store, limiter, learned, metrics, health)
-    control = _control_app(config, obs, parts, environ)
-    return GatewayApp(dataplane, control, AdminKeys(config.admin.named_keys()))
+
+    def idle() -> bool:
+        """Nothing admitted and unsettled, nothing queued: the drain may end."""
+        return not any(queues.depth(name) for name in config.models) and not any(
+            v > 0 for v in limiter.in_flight.values()
+        )
+
+    refusal = Refusal(config.server.max_body_bytes, metrics)
+    drain = Drain(config.server.shutdown_grace_s, idle, lambda: app.refuse_new(refusal),
+                  partial(cancel_requests, DataPlane.__call__.__code__))  # fmt: skip
+    control = _control_app(config, obs, parts, environ, drain)
+    app = GatewayApp(dataplane, control, AdminKeys(config.admin.named_keys()))
+    return app
 
 
 def _reloader(
