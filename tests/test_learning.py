@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Iterator
 
 import httpx
 import pytest
+import redis
 
 from gateway.auth import hash_key
 from gateway.config import parse_config
@@ -105,6 +106,10 @@ def test_a_shared_throttle_measures_the_pool_in_redis(redis_server: RedisServer)
 def overcommitted(simulator: ServerThread, redis_server: RedisServer) -> Iterator[ServerThread]:
     """The gateway believes haiku has 20k TPM; the simulator's real quota is 3k."""
     real = [{"model": HAIKU, "region": "us-west-2", "tpm": 3000}]
+    # The simulator is shared by the session: forget what earlier tests spent on haiku, or its
+    # rolling minute may already hold more than the 3k this test's quota allows.
+    httpx.post(f"{simulator.url}/_simulator/reset").raise_for_status()
+    redis.Redis.from_url(redis_server.url).flushdb()  # and any quota an earlier test learned
     httpx.put(f"{simulator.url}/_simulator/pools", json=real).raise_for_status()
     settings = gateway_settings(simulator.url)
     settings["limiter"] = {"backend": "redis", "redis_url": redis_server.url}
