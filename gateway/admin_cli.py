@@ -1,9 +1,11 @@
-"""``bedrock-gateway tenants …``, ``usage`` and ``pools``: the admin API from a shell.
+"""``bedrock-gateway tenants …``, ``usage``, ``pools`` and ``quota-report``: the admin API from
+a shell.
 
 Every command is one or a few HTTP calls to the gateway's ``/admin`` API (httpx), printed as a
-table, or with ``--json`` as the API's own JSON. The gateway's URL and an admin key come from
-``--url`` / ``--admin-key`` or ``BEDROCK_GATEWAY_URL`` / ``BEDROCK_GATEWAY_ADMIN_KEY``. The
-admin key is sent only in the ``Authorization`` header and never printed, not even in an error.
+table (the quota report as Markdown), or with ``--json`` as the API's own JSON. The gateway's
+URL and an admin key come from ``--url`` / ``--admin-key`` or ``BEDROCK_GATEWAY_URL`` /
+``BEDROCK_GATEWAY_ADMIN_KEY``. The admin key is sent only in the ``Authorization`` header
+and never printed, not even in an error.
 
 Exit codes, for scripts: 0 done; 1 the API refused (a 4xx: its message, type and field on
 stderr); 2 a usage or configuration error (a bad flag, no URL, no admin key); 3 the gateway
@@ -23,6 +25,8 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 import httpx
+
+from gateway import quota_report
 
 URL_ENV = "BEDROCK_GATEWAY_URL"
 KEY_ENV = "BEDROCK_GATEWAY_ADMIN_KEY"
@@ -487,6 +491,20 @@ def _pools(client: AdminClient, args: argparse.Namespace) -> None:
     _emit(args, client.call("GET", _p("pools")), _pools_text)
 
 
+def _quota_report(client: AdminClient, args: argparse.Namespace) -> None:
+    data = client.call("GET", _p("quota-report"), params={"days": args.days})
+    if args.svg:
+        try:
+            with open(args.svg, "w", encoding="utf-8") as out:
+                out.write(quota_report.svg(data))
+        except OSError as exc:
+            raise CliError(USAGE, f"cannot write the chart to {args.svg}: {exc.strerror}") from None
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(quota_report.markdown(data), end="")
+
+
 # ---------------------------------------------------------------- the parser
 
 
@@ -546,6 +564,12 @@ def _label(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
+def _days(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 35:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days, 1-35: {text!r}")
+    return int(text)
+
+
 def _display_name(text: str) -> Any:
     return text
 
@@ -602,7 +626,8 @@ def _tenant_flags(parser: argparse.ArgumentParser, clearing: bool) -> None:
 
 
 def add_commands(sub: Any) -> None:
-    """Register ``tenants``, ``usage`` and ``pools`` on ``bedrock-gateway``'s subparsers."""
+    """Register ``tenants``, ``usage``, ``pools`` and ``quota-report`` on
+    ``bedrock-gateway``'s subparsers."""
     common = _common()
     epilog = ("exit codes: 0 ok; 1 the API refused (4xx); 2 usage or configuration error; "
               "3 gateway unreachable or 5xx")  # fmt: skip
@@ -658,3 +683,10 @@ def add_commands(sub: Any) -> None:
     usage.add_argument("--page-size", type=int, default=500, metavar="N",
                        help="tenants per admin API call, without TENANT (1-500)")  # fmt: skip
     leaf(sub, "pools", _pools, "every quota pool: limits and learned quota factor")
+    report = leaf(sub, "quota-report", _quota_report,
+                  "per model and route, the figures an AWS quota-increase request asks for, "
+                  "as Markdown (or --json), and a chart of calls served and throttled per hour "
+                  "(--svg)")  # fmt: skip
+    report.add_argument("--days", type=_days, default=7, metavar="N",
+                        help="the last N days (1-35, default 7)")  # fmt: skip
+    report.add_argument("--svg", metavar="FILE", help="also write the hourly chart to FILE")

@@ -361,6 +361,9 @@ class UsageConfig(_Frozen):
     """Per-day counts, this many days."""
     retain_months_d: Annotated[float, Field(gt=0, le=3660)] = 800.0
     """Per-month counts, this many days."""
+    retain_report_d: Annotated[float, Field(gt=0, le=400)] = 35.0
+    """The quota report's per-minute counts by model and route (one hash per minute for the
+    whole gateway), this many days."""
 
 
 class LoggingConfig(_Frozen):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from gateway.api.admin import error_responses
 from gateway.limiter.redis_store import StoreUnavailable
 from gateway.reload import Refused, Reloader
 from gateway.tenancy.errors import InvalidField, StoreDown
@@ -57,7 +58,8 @@ def config_router(reloader: Reloader, tenancy: Tenancy, clock: Callable[[], floa
         """What this replica loaded, and whether its last reload failed."""
         return state()
 
-    @router.post("/config/reload", operation_id="reloadConfig")
+    @router.post("/config/reload", operation_id="reloadConfig",
+                 responses=error_responses(503))  # fmt: skip
     async def reload(request: Request) -> Reloaded:
         """Read and validate this replica's config file, apply it, and have every other
         replica reload its own; a file that fails changes nothing anywhere."""

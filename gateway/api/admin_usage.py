@@ -1,4 +1,5 @@
-"""The admin API's usage routes: what each tenant used this minute, today and this month.
+"""The admin API's usage routes: what each tenant used this minute, today and this month, and
+the quota-increase report (``gateway.quota_report``) of every configured pool.
 
 Read from the counters every settlement adds to (``gateway.limiter.ledger``) and from the
 tenant's budget buckets themselves, so the figures are the ones the limiter enforces: a
@@ -15,6 +16,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
+from gateway import quota_report
+from gateway.api.admin import error_responses
 from gateway.limiter import ledger
 from gateway.limiter.core import Bucket, Kind, period_end_ms
 from gateway.limiter.redis_store import StoreUnavailable
@@ -79,8 +82,9 @@ def _period(counts: ledger.Counts, bounds: tuple[int, int]) -> PeriodUsage:
 
 def usage_router(
     limiter: Limiter, tenants: Callable[[], list[str]], read: Callable[[Bucket], Awaitable[int]],
-    clock: Callable[[], float] = time.time,
+    pools: Callable[[], list[tuple[str, str]]], clock: Callable[[], float] = time.time,
 ) -> APIRouter:  # fmt: skip
+    """``pools``: every configured (model, route label), as they are now."""
     router = APIRouter(prefix="/admin", tags=["usage"])
 
     async def usage_of(tenant: str, with_models: bool) -> TenantUsage:
@@ -109,7 +113,8 @@ def usage_router(
         return TenantUsage(tenant=tenant, at=now_ms / 1000, periods=periods, models=models,
                            budgets=out)  # fmt: skip
 
-    @router.get("/tenants/{tenant_id}/usage", operation_id="showTenantUsage")
+    @router.get("/tenants/{tenant_id}/usage", operation_id="showTenantUsage",
+                responses=error_responses(503))  # fmt: skip
     async def tenant_usage(tenant_id: str) -> TenantUsage:
         """One tenant's usage this minute, today and this month (UTC), in total and by
         model: requests, refusals, tokens by kind, quota tokens and spend; and its budgets."""
@@ -117,7 +122,7 @@ def usage_router(
             raise NotFound(f"No tenant {tenant_id!r}.", "tenant_id")
         return await usage_of(tenant_id, with_models=True)
 
-    @router.get("/usage", operation_id="listUsage")
+    @router.get("/usage", operation_id="listUsage", responses=error_responses(503))
     async def all_usage(
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         after: Annotated[str | None, Query(max_length=64)] = None,
@@ -125,5 +130,23 @@ def usage_router(
         """Every tenant's usage (totals and budgets, no per-model split), in id order."""
         names = sorted(n for n in tenants() if after is None or n > after)[:limit]
         return UsageList(tenants=list(await asyncio.gather(*(usage_of(n, False) for n in names))))
+
+    @router.get("/quota-report", operation_id="showQuotaReport",
+                responses=error_responses(503))  # fmt: skip
+    async def report(
+        days: Annotated[int, Query(ge=1, le=35)] = 7,
+    ) -> quota_report.Report:
+        """What an AWS quota-increase request asks for, per model and route over the last
+        ``days`` × 24 hours: steady (p50) and peak (p90) TPM and RPM, average input and output
+        tokens, the share of calls over 25,000 input tokens, throttled shares (local and
+        upstream) and week-over-week growth; and calls served and throttled per hour. Kept
+        ``usage.retain_report_d`` days (35 by default)."""
+        now = clock()
+        configured = pools()
+        try:
+            found = await limiter.report_counters(configured, quota_report.needed_hours(now, days))
+        except StoreUnavailable as exc:
+            raise StoreDown(f"The quota store did not answer: {exc}") from exc
+        return quota_report.build(configured, lambda m, r, h: found.get((m, r, h), {}), now, days)
 
     return router

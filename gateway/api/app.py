@@ -235,7 +235,11 @@ def _control_app(
             return admin_response(exc)
         return _bedrock_error(exc)
 
-    usage = usage_router(parts.limiter, parts.limiter.tenant_names, bucket_reader(parts.store))
+    def pools() -> list[tuple[str, str]]:
+        return [(t.model.name, r.label) for t in parts.catalog.targets() for r in t.routes]
+
+    usage = usage_router(parts.limiter, parts.limiter.tenant_names, bucket_reader(parts.store),
+                         pools)  # fmt: skip
     admin = [admin_router(parts.catalog, parts.limiter, parts.learned, parts.calibrations),
              tenants_router(parts.tenancy.admin, time.time), usage,
              config_router(parts.reloader, parts.tenancy, time.time,

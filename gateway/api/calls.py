@@ -237,6 +237,7 @@ class Calls:
         """Call upstream and settle the ticket exactly once, whatever happens."""
         actual = ticket.reserved  # an unknown outcome keeps the full reservation: the safe side
         billed: cost.Usage | None = None
+        status = 200
         started = self._clock()
         try:
             try:
@@ -246,6 +247,7 @@ class Calls:
                 )  # fmt: skip
             finally:
                 call.outside_s += self._clock() - started
+            status = reply.status
             usage = reported(reply, call.operation)
             actual = charged(reply, usage, model.output_burndown, ticket.reserved)
             if usage is not None:
@@ -257,4 +259,4 @@ class Calls:
             actual = 0
             raise
         finally:
-            await self._limiter.settle(ticket, actual, billed)
+            await self._limiter.settle(ticket, actual, billed, status)

@@ -58,10 +58,12 @@ async def forward_stream(
     tap = StreamTap(call.operation)
     actual = ticket.reserved  # an unknown outcome keeps the full reservation: the safe side
     billed: Usage | None = None
+    status = 200
     try:
         stream = await upstream.stream(
             ticket.route, call.operation, call.body, call.body_sha256, call.headers
         )
+        status = stream.status
         headers = [*stream.headers, *call.reply_headers]
         try:
             if stream.status != 200:  # refused before streaming: answered like a plain call
@@ -85,7 +87,7 @@ async def forward_stream(
         actual = 0
         raise
     finally:
-        await limiter.settle(ticket, actual, billed)
+        await limiter.settle(ticket, actual, billed, status)
 
 
 class _ClientGone(Exception):

@@ -314,11 +314,14 @@ class Limiter:
             return await self._store.admit(plan)
         return await self._store.admit(plan), self._store
 
-    async def settle(self, ticket: Ticket, actual: int, usage: Usage | None = None) -> None:
+    async def settle(
+        self, ticket: Ticket, actual: int, usage: Usage | None = None, status: int = 200
+    ) -> None:
         """Correct the reservation to ``actual`` quota tokens, once, and count the call's
         ``usage`` (what Bedrock reported, or the best count known) for its tenant: its tokens
         and what they cost. Without a usage, a call settled on its full reservation (outcome
-        unknown) keeps its spend reservation too, one settled on nothing costs nothing."""
+        unknown) keeps its spend reservation too, one settled on nothing costs nothing.
+        ``status``: Bedrock's answer (a 429 is counted for the quota report)."""
         if ticket.settled:
             return
         ticket.settled = True
@@ -336,8 +339,9 @@ class Limiter:
                 spend = bill.prices.cost_micros(bill.model, ticket.route, usage)
             elif actual > 0:
                 spend = ticket.spend_reserved
-            tally = self.ledger.settled(ticket.tenant, bill.model, ticket.admitted.now_ms,
-                                        usage, actual, spend)  # fmt: skip
+            tally = self.ledger.settled(ticket.tenant, bill.model, ticket.route.label,
+                                        ticket.admitted.now_ms, usage, actual, spend,
+                                        status == 429)  # fmt: skip
             if spend:
                 self._metrics.spent(ticket.tenant, bill.model, spend)
         spend_delta = spend - ticket.spend_reserved
@@ -371,6 +375,17 @@ class Limiter:
     async def usage(self, tenant: str, now_ms: int) -> list[dict[str, int]]:
         """Tenant ``tenant``'s minute, day and month counters (raises StoreUnavailable)."""
         return await self._store.tallies(list(self.ledger.keys(tenant, now_ms)))
+
+    async def report_counters(
+        self, pools: list[tuple[str, str]], hours: range
+    ) -> dict[tuple[str, str, int], dict[str, int]]:
+        """The quota report's hashes of ``pools`` ((model, route label)) and of their models'
+        local refusals (route "") for ``hours``, in one pipelined read (raises
+        StoreUnavailable); a missing hash is absent."""
+        models = sorted({model for model, _ in pools})
+        wanted = [(m, r, h) for m, r in [*pools, *((m, "") for m in models)] for h in hours]
+        found = await self._store.tallies([self.ledger.report_key(*w) for w in wanted])
+        return {w: counters for w, counters in zip(wanted, found, strict=True) if counters}
 
     async def ping(self) -> bool:
         return await self._store.ping()
