@@ -6,7 +6,7 @@ upstream (bench/http_clients.py's, in its own process):
 * ``passthrough``: a raw ASGI app that forwards the body with aiohttp and returns the answer:
   the floor any Python proxy on this stack pays;
 * ``gateway-memory``: ``bedrock-gateway serve`` with SigV4 authentication, cost estimate, the
-  in-memory limiter (admit + settle), metrics and the access log;
+  in-memory limiter (admit + settle) and metrics (the access log off, its default);
 * ``gateway-redis``: the same with the Redis limiter (a private redis-server).
 
 ``--server`` picks the ASGI server(s) the gateway runs under, in turn: ``uvicorn``
