@@ -143,8 +143,9 @@ class Metrics:
             ["model", "priority"], buckets=_WAIT_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_depth = Gauge(
-            "gateway_queue_depth", "Requests waiting for capacity in this replica, by model.",
-            ["model"], registry=r,
+            "gateway_queue_depth",
+            "Requests waiting for capacity in this replica, by model and priority.",
+            ["model", "priority"], registry=r,
         )  # fmt: skip
         self.retries = Counter(
             "gateway_retries",

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.config import parse_config
-from tests.conftest import ClientFactory, gateway_settings, messages_body, start_gateway
+from tests.conftest import BEARER, ClientFactory, gateway_settings, messages_body, start_gateway
 from tests.servers import ServerThread
 
 
@@ -81,15 +81,20 @@ def test_a_request_still_waiting_when_the_server_stops_gets_an_answer(
     client = make_client(server.url)
     body = json.dumps(messages_body("first [sim:output_tokens=190]", max_tokens=200))
     client.invoke_model(modelId="claude-sonnet", body=body)  # the pool is now full for a minute
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=2) as pool:
         waiting = pool.submit(_error_code, client, body)
+        batch = pool.submit(httpx.post, f"{server.url}/model/claude-sonnet/invoke", content=body,
+                            headers={"authorization": f"Bearer {BEARER}",
+                                     "x-gateway-priority": "batch"}, timeout=30)  # fmt: skip
         deadline = time.monotonic() + 5
-        queued = 'gateway_queue_depth{model="claude-sonnet"} 1.0'
-        while queued not in httpx.get(f"{server.url}/metrics").text:
-            assert time.monotonic() < deadline, "the second request never queued"
+        queued = ['gateway_queue_depth{model="claude-sonnet",priority="interactive"} 1.0',
+                  'gateway_queue_depth{model="claude-sonnet",priority="batch"} 1.0']  # fmt: skip
+        while not all(line in httpx.get(f"{server.url}/metrics").text for line in queued):
+            assert time.monotonic() < deadline, "the two requests never queued"
             time.sleep(0.02)  # polling the real server's state
         server.stop()
         assert waiting.result(timeout=30) in ("ServiceUnavailableException", "ThrottlingException")
+        assert batch.result(timeout=30).status_code in (429, 503)
 
 
 def _error_code(client: Any, body: str) -> str:

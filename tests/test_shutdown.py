@@ -125,10 +125,8 @@ def converse_stream(client: Any, started: threading.Event) -> Answer:
 
 def queue_depth(url: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith('gateway_queue_depth{model="claude-sonnet"}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('gateway_queue_depth{model="claude-sonnet",'))  # fmt: skip
 
 
 def metric_lines(url: str, name: str) -> str:

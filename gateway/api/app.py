@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -65,6 +65,7 @@ from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics
 from gateway.pricing import PriceTable
 from gateway.queueing.dispatcher import Queues
+from gateway.queueing.fair import BATCH, INTERACTIVE
 from gateway.reload import Reloader
 from gateway.retry import RetryPolicy
 from gateway.shutdown import Drain, Refusal, cancel_requests
@@ -280,8 +281,7 @@ def create_app(
         is_tenant_limit=limiter.is_tenant_limit,
     )
     limiter.on_capacity = queues.settled
-    for name in config.models:
-        metrics.queue_depth.labels(name).set_function(partial(queues.depth, name))
+    watch_queue_depths(metrics, queues, config.models)
     learned = _learned_quotas(config.limiter, store, metrics)
     limiter.learned = learned.factor
 
@@ -348,6 +348,15 @@ def create_app(
     return app
 
 
+def watch_queue_depths(metrics: Metrics, queues: Queues, models: Iterable[str]) -> None:
+    """``gateway_queue_depth`` of each model and priority, read from the queues at a scrape."""
+    for name in models:
+        for priority, klass in (("interactive", INTERACTIVE), ("batch", BATCH)):
+            metrics.queue_depth.labels(name, priority).set_function(
+                partial(queues.depth, name, klass)
+            )
+
+
 def _reloader(
     config: GatewayConfig, path: str | None, catalog: Catalog, prices: PriceTable, queues: Queues,
     dataplane: DataPlane, metrics: Metrics, tenancy: Tenancy,
@@ -363,8 +372,7 @@ def _reloader(
         dataplane.reconfigure(default_wait_s=new.queue.max_wait_s,
                               access_log=new.logging.access_log)  # fmt: skip
         logs.configure(new.logging)
-        for name in new.models:
-            metrics.queue_depth.labels(name).set_function(partial(queues.depth, name))
+        watch_queue_depths(metrics, queues, new.models)
 
     async def seed(new: GatewayConfig) -> None:
         await tenancy.reseed(new, config.limiter.timeout_s * 8)

@@ -236,9 +236,12 @@ class Queues:
         self._cleanups: set[asyncio.Task[None]] = set()
         self.closing = False
 
-    def depth(self, group: str) -> int:
+    def depth(self, group: str, klass: int | None = None) -> int:
+        """Requests of ``group`` waiting, of class ``klass`` (INTERACTIVE or BATCH) or all."""
         state = self._groups.get(group)
-        return 0 if state is None else len(state.queue)
+        if state is None:
+            return 0
+        return len(state.queue) if klass is None else state.queue.depth(klass)
 
     async def admit(
         self, member: str, tenant: str, group: str, routes: tuple[Route, ...], reserved: int,

@@ -72,11 +72,16 @@ class FairQueue(Generic[T]):
     _virtual: dict[int, float] = field(default_factory=dict)
     """V per class: a class's flows wait out the classes above it without gaining credit."""
     _live: int = 0
+    _live_by_class: dict[int, int] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     def __len__(self) -> int:
         """Entries waiting, parked flows' included."""
         return self._live
+
+    def depth(self, klass: int) -> int:
+        """Entries of ``klass`` waiting."""
+        return self._live_by_class.get(klass, 0)
 
     def push(self, item: T, *, tenant: str, weight: float, klass: int, cost: int) -> Entry[T]:
         entry = Entry(item, tenant, klass, max(cost, 1), next(self._seq))
@@ -88,6 +93,7 @@ class FairQueue(Generic[T]):
         flow.entries.append(entry)
         flow.queued_cost += entry.cost
         self._live += 1
+        self._live_by_class[klass] = self._live_by_class.get(klass, 0) + 1
         if len(flow.entries) == 1:
             self._compete(flow)
         return entry
@@ -117,6 +123,7 @@ class FairQueue(Generic[T]):
             return
         entry.queued = False
         self._live -= 1
+        self._live_by_class[entry.klass] -= 1
         flow = self._flows[(entry.tenant, entry.klass)]
         flow.queued_cost -= entry.cost
         if flow.entries[0] is not entry:
