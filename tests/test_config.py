@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from gateway import config as cfg
@@ -34,6 +35,31 @@ def test_the_example_documents_every_field() -> None:
         if f"{name}:" not in text and f"{name}=" not in text and f"{{{name}" not in text
     )
     assert missing == []
+
+
+def test_the_example_shows_each_default_or_says_where_it_does_not() -> None:
+    """The header's promise: a value is the field's default unless its line says ``default:``
+    (an example value, such as the Redis backend a multi-replica deployment needs)."""
+    lines = EXAMPLE.read_text().splitlines()
+    example = yaml.safe_load(EXAMPLE.read_text())
+    sections = [(example[name], cfg.GatewayConfig.model_fields[name].annotation, name)
+                for name in ("server", "upstream", "limiter", "queue", "calibration", "usage",
+                             "logging", "metrics", "admin")]  # fmt: skip
+    sections += [(t, cfg.TenantConfig, f"tenants.{n}") for n, t in example["tenants"].items()]
+    unsaid = []
+    for values, model, where in sections:
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        for name, value in values.items():
+            field = model.model_fields[name]
+            if isinstance(value, dict | list) or field.is_required() or value is None:
+                continue
+            default = field.get_default(call_default_factory=True)
+            if value == default or default is None:  # an optional setting, shown set
+                continue
+            line = next(line for line in lines if line.strip().startswith(f"{name}:"))
+            if "default:" not in line:
+                unsaid.append(f"{where}.{name}: {value!r} (default {default!r})")
+    assert unsaid == []
 
 
 @pytest.mark.parametrize("path", ["config/gateway.example.yaml", "config/demo.yaml"])
