@@ -44,6 +44,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args.path)
+    if args.env:
+        from gateway.preflight import environment_problems
+
+        problems = environment_problems(config, os.environ)
+        for problem in problems:
+            print(f"bedrock-gateway: {args.path}: {problem}", file=sys.stderr)
+        if problems:
+            return 2
     print(f"{args.path}: OK ({len(config.models)} models, {len(config.accounts)} accounts, "
           f"{len(config.tenants)} tenants)")  # fmt: skip
     return 0
@@ -100,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file offline")
     check.add_argument("path")
+    check.add_argument("--env", action="store_true",
+                       help="also check that every environment variable the file names for "
+                            "secrets, keys and the Redis URL is set, as serve needs")  # fmt: skip
     check.set_defaults(func=_check_config)
 
     hash_key = sub.add_parser(

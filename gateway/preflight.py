@@ -36,6 +36,27 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
+def environment_problems(config: GatewayConfig, environ: Mapping[str, str]) -> list[str]:
+    """Every environment variable the file names that ``serve`` would need and is not set,
+    each as ``setting: environment variable NAME is not set`` (``check-config --env``)."""
+    problems = []
+
+    def need(where: str, name: str | None) -> None:
+        if name is not None and not environ.get(name):
+            problems.append(f"{where}: environment variable {name} is not set")
+
+    limiter = config.limiter
+    if limiter.backend == "redis" and not limiter.redis_url:
+        need("limiter.redis_url_env", limiter.redis_url_env)
+    for name, account in config.accounts.items():
+        for field in ("access_key_id_env", "secret_access_key_env", "external_id_env"):
+            need(f"accounts.{name}.{field}", getattr(account, field))  # a session token: optional
+    for name, tenant in config.tenants.items():
+        for i, key in enumerate(tenant.access_keys):
+            need(f"tenants.{name}.access_keys.{i}.secret_env", key.secret_env)
+    return problems
+
+
 def check_port(host: str, port: int) -> None:
     """The listen address is free (a port of 0 picks one and is always free)."""
     if port == 0:

@@ -48,7 +48,8 @@ def test_the_example_shows_each_default_or_says_where_it_does_not() -> None:
     sections += [(t, cfg.TenantConfig, f"tenants.{n}") for n, t in example["tenants"].items()]
     unsaid = []
     for values, model, where in sections:
-        assert isinstance(model, type) and issubclass(model, BaseModel)
+        assert isinstance(model, type)
+        assert issubclass(model, BaseModel)
         for name, value in values.items():
             field = model.model_fields[name]
             if isinstance(value, dict | list) or field.is_required() or value is None:
@@ -109,6 +110,42 @@ def test_check_config_and_serve_exit_2_on_a_bad_file(
             main(argv)
         assert caught.value.code == 2
     assert "models: Field required" in capsys.readouterr().err
+
+
+ENV_FILE = """
+accounts: {prod: {access_key_id_env: CHK_AWS_KEY, secret_access_key_env: CHK_AWS_SECRET}}
+models: {}
+limiter: {backend: redis, redis_url_env: CHK_REDIS_URL}
+tenants: {search: {access_keys: [{id: GWAKCHECKCONFIG0001, secret_env: CHK_TENANT_SECRET}]}}
+"""
+
+
+def test_check_config_env_names_every_unset_variable_serve_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(ENV_FILE)
+    for name in ("CHK_AWS_KEY", "CHK_AWS_SECRET", "CHK_REDIS_URL", "CHK_TENANT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["check-config", str(path)]) == 0  # offline: the file alone is valid
+    capsys.readouterr()
+    assert main(["check-config", str(path), "--env"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"bedrock-gateway: {path}: limiter.redis_url_env: environment variable CHK_REDIS_URL "
+        "is not set",
+        f"bedrock-gateway: {path}: accounts.prod.access_key_id_env: environment variable "
+        "CHK_AWS_KEY is not set",
+        f"bedrock-gateway: {path}: accounts.prod.secret_access_key_env: environment variable "
+        "CHK_AWS_SECRET is not set",
+        f"bedrock-gateway: {path}: tenants.search.access_keys.0.secret_env: environment "
+        "variable CHK_TENANT_SECRET is not set",
+    ]
+    for name in ("CHK_AWS_KEY", "CHK_AWS_SECRET", "CHK_TENANT_SECRET"):
+        monkeypatch.setenv(name, "set")
+    monkeypatch.setenv("CHK_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["check-config", str(path), "--env"]) == 0
+    assert "OK" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
