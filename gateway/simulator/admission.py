@@ -47,7 +47,8 @@ class Sim:
     faults: dict[bytes, int] = field(default_factory=dict)  # fail_times counts by body digest
 
     def fault_due(self, body: bytes, times: int | None) -> bool:
-        """Whether a ``status`` fault applies to this request (always, or its first N)."""
+        """Whether a ``status`` or ``reset`` fault applies to this request (always, or its
+        first N)."""
         if times is None:
             return True
         if len(self.faults) > 100_000:  # bounded memory for a long-running simulator
@@ -72,6 +73,8 @@ class Admitted:
     token_s: float
     started: float
     directives: Directives
+    cut: bool = False
+    """A ``reset`` fault is due: the connection closes mid-response."""
 
     def settle(self, now: float, output_tokens: int) -> None:
         charge = self.call.input_tokens + output_tokens * self.burndown
@@ -118,6 +121,7 @@ def admit(sim: Sim, scope: Scope, body: bytes, model: str, op: str) -> Admitted:
         token_s=per_token / 1000,
         started=now,
         directives=directives,
+        cut=directives.reset and sim.fault_due(body, directives.fail_times),
     )
 
 

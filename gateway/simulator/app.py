@@ -25,12 +25,14 @@ from gateway.simulator.admission import Sim
 from gateway.simulator.asgi import (
     MAX_BODY,
     ClientDisconnected,
+    CutShort,
     Receive,
     Scope,
     Send,
     header,
     json_headers,
     read_body,
+    send_cut_short,
     send_response,
     serve_lifespan,
 )
@@ -65,6 +67,8 @@ class SimulatorApp:
             await self._route(scope, receive, send, request_id)
         except ClientDisconnected:
             return
+        except CutShort as cut:
+            await send_cut_short(send, cut)
         except GatewayError as error:
             await send_response(send, *error_response(error, request_id))
         except Exception:

@@ -1,12 +1,15 @@
 """The few ASGI primitives the simulator needs beyond the gateway's own (gateway/api/asgi.py):
-a header lookup, whole JSON responses, and answering the lifespan protocol."""
+a header lookup, whole JSON responses, responses cut short, and answering the lifespan
+protocol."""
 
 from __future__ import annotations
 
 from gateway.api.asgi import ClientDisconnected, Receive, Scope, Send, read_body
 from gateway.errors import Headers
 
-__all__ = ["MAX_BODY", "ClientDisconnected", "Receive", "Scope", "Send", "read_body"]
+__all__ = [
+    "MAX_BODY", "ClientDisconnected", "CutShort", "Receive", "Scope", "Send", "read_body",
+]  # fmt: skip
 
 MAX_BODY = 25_000_000  # InvokeModel's modelled body limit (docs/bedrock.md §1)
 
@@ -22,6 +25,23 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 async def send_response(send: Send, status: int, headers: Headers, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class CutShort(Exception):
+    """A response to break off half-way (a ``reset`` fault): raised by the operation, sent
+    by the app with ``send_cut_short``."""
+
+    def __init__(self, status: int, headers: Headers, body: bytes) -> None:
+        super().__init__(status)
+        self.status, self.headers, self.body = status, headers, body
+
+
+async def send_cut_short(send: Send, cut: CutShort) -> None:
+    """The status, the headers (the full content-length) and half the body, then return
+    without ending the response: the server closes the connection mid-response."""
+    await send({"type": "http.response.start", "status": cut.status, "headers": cut.headers})
+    half = cut.body[: len(cut.body) // 2]
+    await send({"type": "http.response.body", "body": half, "more_body": True})
 
 
 def json_headers(request_id: str, body: bytes) -> Headers:

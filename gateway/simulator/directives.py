@@ -1,7 +1,9 @@
 """Test directives: ``[sim:key=value]`` anywhere in a request body, or ``x-sim-key`` headers.
 
-They set the output length and inject faults and latency. The body is only scanned when the
-bytes ``[sim:`` occur, so ordinary traffic pays one substring search.
+They set the output length and inject faults and latency: an error status, a stall (a long
+``ttft_ms``), an exception frame or a bad CRC mid-stream, or a connection closed mid-response
+(``reset``). The body is only scanned when the bytes ``[sim:`` occur, so ordinary traffic
+pays one substring search.
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ class Directives:
     token_ms: float | None = None
     stream_error: str | None = None
     stream_bad_crc: bool = False
+    reset: bool = False
+    """Admit and charge the call, then close the connection mid-response: after half the body
+    of a plain answer, after half the output of a stream (as a connection reset would)."""
     fail_times: int | None = None
-    """With ``status``: inject the fault only into the first N requests with this exact body
-    (so a client or gateway that retries it then succeeds)."""
+    """With ``status`` or ``reset``: inject the fault only into the first N requests with this
+    exact body (so a client or gateway that retries it then succeeds)."""
 
 
 NONE = Directives()
@@ -78,7 +83,7 @@ def _value(key: str, value: str) -> Any:
             number = int(value)
         elif key in ("ttft_ms", "token_ms"):
             number = float(value)
-        elif key == "stream_bad_crc":
+        elif key in ("stream_bad_crc", "reset"):
             return value not in ("", "0", "false")
         else:
             if value not in STREAM_ERRORS:

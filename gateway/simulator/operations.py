@@ -2,7 +2,8 @@
 CountTokens (free: no quota, no latency).
 
 The reservation is held for the simulated latency and settled before the response is sent,
-so a client that has its answer can read the settled stats at once.
+so a client that has its answer can read the settled stats at once. A ``reset`` fault is
+settled the same way (Bedrock bills what it generated) and then cut short.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import orjson
 
 from gateway.errors import Headers, ValidationError
 from gateway.simulator.admission import Admitted, Sim, admit
-from gateway.simulator.asgi import Scope, json_headers
+from gateway.simulator.asgi import CutShort, Scope, json_headers
 from gateway.simulator.bodies import converse_response, messages_response, parse_json
 from gateway.simulator.config import CountingConfig
 from gateway.simulator.tokens import counted, input_tokens, output_text
@@ -40,7 +41,10 @@ async def invoke_or_converse(
         payload = messages_response(model, text, inputs, outputs, admitted.capped)
     else:
         payload = converse_response(text, inputs, outputs, admitted.capped, latency_ms)
-    return 200, _headers(request_id, payload, admitted, latency_ms), payload
+    headers = _headers(request_id, payload, admitted, latency_ms)
+    if admitted.cut:
+        raise CutShort(200, headers, payload)
+    return 200, headers, payload
 
 
 def _headers(request_id: str, payload: bytes, admitted: Admitted, latency_ms: int) -> Headers:

@@ -1,6 +1,7 @@
 """The streaming model operations over ASGI: frames sent as they are generated, paced by the
 latency model, and the reservation settled at the end, or at the tokens already sent when the
-client goes away or the stream is cut short."""
+client goes away or the stream is cut short (a ``reset`` fault ends the response half-way
+through the output, without its end, so the server closes the connection)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ async def stream_operation(
 
     try:
         steps = _steps(sim, admitted, op)
-        frames = _produce(send, _headers(op, request_id), steps, progress, settle)
+        cut_at = admitted.output_tokens // 2 if admitted.cut else None
+        frames = _produce(send, _headers(op, request_id), steps, progress, settle, cut_at)
         worker = await until_disconnect(receive, frames)
         if not worker.cancelled() and worker.exception() is not None:
             _log.error("simulator stream failed", exc_info=worker.exception())
@@ -90,7 +92,9 @@ async def _produce(
     steps: Iterator[Step],
     progress: _Progress,
     settle: Callable[[], None],
+    cut_at: int | None = None,
 ) -> None:
+    """``cut_at``: stop without ending the response once this many output tokens are sent."""
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     try:
         for step in steps:
@@ -98,6 +102,8 @@ async def _produce(
                 await asyncio.sleep(step.delay)
             await send({"type": "http.response.body", "body": step.frame, "more_body": True})
             progress.tokens = step.tokens
+            if cut_at is not None and step.tokens >= cut_at:
+                return
     except OSError:  # the client is gone (some servers raise, uvicorn drops the bytes)
         return
     except Exception:
