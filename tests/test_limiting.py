@@ -126,6 +126,17 @@ def test_a_reservation_larger_than_every_pool_is_a_validation_error(
         invoke(client, "hi", max_tokens=1000)  # 1000 x burndown 5 > 3000
 
 
+def test_a_reservation_larger_than_the_tenants_budget_says_so_in_words(
+    limited: Any, make_client: ClientFactory
+) -> None:
+    client = make_client(limited(tenant={"tpm": 3000}).url)
+    with pytest.raises(client.exceptions.ValidationException) as caught:
+        invoke(client, "hi", max_tokens=1000)  # 1000 x burndown 5 > 3000
+    message = caught.value.response["Error"]["Message"]
+    assert "more than the whole budget of tenant 'team-a' (3000 quota tokens)" in message
+    assert "'s" not in message
+
+
 def test_a_full_route_spills_to_the_next(limited: Any, make_client: ClientFactory) -> None:
     client = make_client(limited(on_demand={"tpm": 1200}, profile={"tpm": 100_000}).url)
     routes = [

@@ -267,8 +267,8 @@ class Limiter:
         if too_small is not None:
             raise ValidationError(
                 f"This request reserves {reserved} quota tokens (input estimate + max tokens x "
-                f"output burndown), more than tenant {tenant!r}'s whole budget of {too_small}; "
-                f"lower max_tokens."
+                f"output burndown), more than the whole budget of tenant {tenant!r} "
+                f"({too_small} quota tokens): lower max_tokens."
             )
         alternatives, eligible, smallest = [], [], []
         for route in routes:
