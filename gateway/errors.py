@@ -1,18 +1,25 @@
 """The gateway's error family and its rendering in Bedrock's wire shape.
 
 Every failure the data plane reports is a ``GatewayError``. Each subclass names the Bedrock
-error shape it is rendered as (docs/bedrock.md §2), its HTTP status and whether a client may retry.
-Rendering gives what boto3 needs to raise its own exception class: the status, an
-``x-amzn-ErrorType`` header, an ``x-amzn-RequestId`` and a JSON ``{"message": ...}`` body.
+error shape it is rendered as (docs/bedrock.md §2) and its HTTP status. Rendering gives what
+boto3 needs to raise its own exception class: the status, an ``x-amzn-ErrorType`` header, an
+``x-amzn-RequestId`` and a JSON ``{"message": ...}`` body.
 
     GatewayError
     ├── AccessDenied            403  missing / unknown / revoked credentials, bad signature
     ├── ValidationError         400  malformed body, unknown model, oversized body
     ├── UnknownOperation        404  a path that is no Bedrock Runtime operation
     ├── Throttled               429  no capacity; carries the retry hint in milliseconds
+    ├── BudgetExhausted         400  ServiceQuotaExceededException: a spent day or month budget
     ├── ModelTimeout            408  the upstream did not answer in time
+    ├── RequestTimeout          408  the client did not send its request in time
     ├── ServiceUnavailable      503  the upstream could not be reached
+    │   └── NotSent             503  ... and the request never left: Bedrock counted nothing
     └── InternalError           500  a bug in the gateway (never a traceback on the wire)
+
+Whether an upstream failure is tried again is decided in one place, ``gateway.retry``, from
+the answer's status and type: a ModelTimeout is final there (the model may have run, and its
+tokens count), throttling, 5xx and connection failures are retried.
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ class GatewayError(Exception):
 
     error_type: str = "InternalServerException"
     status: int = 500
-    retryable: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -58,19 +64,28 @@ class UnknownOperation(GatewayError):
 class ModelTimeout(GatewayError):
     error_type = "ModelTimeoutException"
     status = 408
-    retryable = True
+
+
+class RequestTimeout(GatewayError):
+    """A client too slow sending its request (headers or body): answered, then disconnected.
+    Not a Bedrock error shape; botocore's standard retries try the code again."""
+
+    error_type = "RequestTimeoutException"
+    status = 408
 
 
 class ServiceUnavailable(GatewayError):
     error_type = "ServiceUnavailableException"
     status = 503
-    retryable = True
+
+
+class NotSent(ServiceUnavailable):
+    """The request never reached Bedrock (no connection), so Bedrock counted nothing."""
 
 
 class InternalError(GatewayError):
     error_type = "InternalServerException"
     status = 500
-    retryable = True
 
 
 class Throttled(GatewayError):
@@ -78,7 +93,6 @@ class Throttled(GatewayError):
 
     error_type = "ThrottlingException"
     status = 429
-    retryable = True
 
     def __init__(self, message: str, retry_after_ms: int) -> None:
         super().__init__(message)

@@ -20,7 +20,7 @@ from gateway.api.attempts import Answer, Attempts
 from gateway.api.streaming import StreamCall, forward_stream
 from gateway.auth import Tenant
 from gateway.catalog import Catalog, ModelSpec, Route, Target
-from gateway.errors import Throttled
+from gateway.errors import NotSent, Throttled
 from gateway.limiter.calibrating import Calibrations, family
 from gateway.limiter.core import Kind, Period
 from gateway.limiter.service import Bill, Limiter, Ticket
@@ -28,7 +28,7 @@ from gateway.metrics import Metrics
 from gateway.pricing import PriceTable
 from gateway.queueing.dispatcher import Queues
 from gateway.streamtap import STREAM_OPERATIONS
-from gateway.upstream.client import NotSent, UpstreamClient, UpstreamResponse
+from gateway.upstream.client import UpstreamClient, UpstreamResponse
 from gateway.usage import usage_from_body, usage_from_headers
 
 _CONVERSE = frozenset({"converse", "converse-stream"})

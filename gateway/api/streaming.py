@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from gateway.api.asgi import Headers, Receive, Send, until_disconnect
 from gateway.cost import Estimate, Usage, charge
-from gateway.errors import GatewayError, InternalError, ServiceUnavailable
+from gateway.errors import GatewayError, InternalError, NotSent, ServiceUnavailable
 from gateway.limiter.service import Limiter, Ticket
 from gateway.streamtap import StreamTap, exception_frame
-from gateway.upstream.client import NotSent, UpstreamClient, UpstreamStream
+from gateway.upstream.client import UpstreamClient, UpstreamStream
 
 log = logging.getLogger("gateway.stream")
 

@@ -23,7 +23,6 @@ class BedrockThrottling(GatewayError):
 
     error_type = "ThrottlingException"
     status = 429
-    retryable = True
 
 
 class ModelError(GatewayError):

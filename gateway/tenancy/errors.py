@@ -56,4 +56,3 @@ class Conflict(TenancyError):
 class StoreDown(TenancyError):
     error_type = "ServiceUnavailableException"
     status = 503
-    retryable = True

@@ -23,7 +23,7 @@ from yarl import URL
 from gateway import sigv4
 from gateway.catalog import Route
 from gateway.config import AccountConfig, UpstreamConfig
-from gateway.errors import GatewayError, ModelTimeout, ServiceUnavailable
+from gateway.errors import GatewayError, ModelTimeout, NotSent, ServiceUnavailable
 from gateway.upstream.credentials import CredentialSource
 
 AsgiHeaders = list[tuple[bytes, bytes]]
@@ -273,10 +273,6 @@ class UpstreamStream:
             self._response.release()
         else:
             self._response.close()
-
-
-class NotSent(ServiceUnavailable):
-    """The request never reached Bedrock (no connection), so Bedrock counted nothing."""
 
 
 def error_kind(error: GatewayError) -> str:
