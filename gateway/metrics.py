@@ -93,6 +93,11 @@ class Metrics:
         self.build_info = Gauge("gateway_build_info", "Always 1; the labels say what runs.",
                                 ["version", "python"], registry=r)  # fmt: skip
         self.build_info.labels(_version(), platform.python_version()).set(1)
+        self.asyncio_tasks = Gauge(
+            "gateway_asyncio_tasks",
+            "Asyncio tasks alive in this process: flat under a steady load, or something leaks.",
+            registry=r,
+        )  # fmt: skip
         self._init_requests(r)
         self._init_upstream(r)
         self._init_limiter(r)

@@ -144,6 +144,7 @@ def queued_behind_a_slow_call(gateway: ServerThread, client: Any) -> None:
 
 
 def check(m: Samples) -> None:
+    assert value(m, "gateway_asyncio_tasks") >= 1  # the scrape's own at least
     requests = "gateway_requests_total"
     ok = {"tenant": "team-a", "outcome": "success"}
     assert (

@@ -7,6 +7,7 @@ the lifespan starts and closes it.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -60,6 +61,8 @@ class Observability:
         self._server: Any = None
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         self.usage.start()
         self.status.start()
         if self._config.port is not None:  # a thread of prometheus_client's own
