@@ -109,7 +109,8 @@ def parse_target(raw_path: bytes) -> tuple[str, str]:
     cut = rest.rfind(b"/")
     operation = rest[cut + 1 :].decode("latin-1") if cut > 0 else ""
     if operation not in OPERATIONS:
-        raise UnknownOperation(f"No Bedrock Runtime operation at POST {raw_path[:200]!r}.")
+        shown = raw_path[:200].decode("utf-8", "backslashreplace")
+        raise UnknownOperation(f"No Bedrock Runtime operation at POST {shown}.")
     return operation, unquote(rest[:cut].decode("latin-1"))
 
 
