@@ -70,6 +70,9 @@ class ServerConfig(_Frozen):
     """Largest request body accepted; Bedrock's own limit is 25,000,000 bytes."""
     sigv4_max_skew_s: Annotated[float, Field(gt=0, le=900)] = 300.0
     """How far a SigV4 request's X-Amz-Date may be from the gateway's clock."""
+    request_read_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    """How long a client may take to send a request's headers, and then its body: past it,
+    408 RequestTimeoutException and the connection is closed (docs/operations.md)."""
     shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 30.0
     """How long a stopping server lets in-flight requests finish."""
 

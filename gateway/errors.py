@@ -68,7 +68,7 @@ class ModelTimeout(GatewayError):
 
 class RequestTimeout(GatewayError):
     """A client too slow sending its request (headers or body): answered, then disconnected.
-    Not a Bedrock error shape; botocore's standard retries try the code again."""
+    Not one of Bedrock's own error codes; botocore retries it (standard and legacy modes)."""
 
     error_type = "RequestTimeoutException"
     status = 408

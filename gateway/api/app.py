@@ -327,6 +327,7 @@ def create_app(
         metrics=metrics,
         max_body_bytes=config.server.max_body_bytes,
         default_wait_s=config.queue.max_wait_s,
+        body_timeout_s=config.server.request_read_timeout_s,
         access_log=config.logging.access_log,
     )
     reloader = _reloader(config, config_path, catalog, prices, queues, dataplane, metrics, tenancy)

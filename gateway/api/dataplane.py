@@ -29,7 +29,7 @@ from gateway.api.asgi import (
     Receive,
     Scope,
     Send,
-    read_body,
+    SlowBodies,
     send_response,
     too_large,
 )
@@ -42,6 +42,7 @@ from gateway.errors import (
     GatewayError,
     InternalError,
     ModelTimeout,
+    RequestTimeout,
     ServiceUnavailable,
     Throttled,
     UnknownOperation,
@@ -64,7 +65,8 @@ OPERATIONS = {
 _FORWARDED_PREFIX = b"x-amzn-bedrock-"
 _ERROR_OUTCOMES: tuple[tuple[type[GatewayError], str], ...] = (
     (Throttled, "throttled"), (BudgetExhausted, "budget_exhausted"), (AccessDenied, "denied"),
-    (ValidationError, "invalid"), (UnknownOperation, "invalid"), (ModelTimeout, "upstream_timeout"),
+    (ValidationError, "invalid"), (UnknownOperation, "invalid"), (RequestTimeout, "invalid"),
+    (ModelTimeout, "upstream_timeout"),
     (ServiceUnavailable, "unavailable"),
 )  # fmt: skip
 _UPSTREAM_OUTCOMES = {403: "denied", 408: "upstream_timeout", 429: "upstream_throttled"}
@@ -171,6 +173,7 @@ class DataPlane:
         metrics: Metrics,
         max_body_bytes: int,
         default_wait_s: float,
+        body_timeout_s: float = 30.0,
         access_log: bool = False,
     ) -> None:
         self._catalog = catalog
@@ -180,6 +183,7 @@ class DataPlane:
         self._default_wait_s = default_wait_s
         self._metrics = metrics
         self._max_body = max_body_bytes
+        self._bodies = SlowBodies(body_timeout_s)
         self._access_log = access_log
 
     def reconfigure(self, *, default_wait_s: float, access_log: bool) -> None:
@@ -195,6 +199,11 @@ class DataPlane:
         try:
             reply = await self._handle(scope, receive, send, outcome, request_id)
         except ClientDisconnected:
+            # Gone, or (granian) a body the server could not parse, such as a bad chunk: a
+            # caller still there is told so; a gone one's send is dropped by the server.
+            incomplete = ValidationError("The request body ended before it was complete.")
+            with contextlib.suppress(Exception):
+                await send_response(send, *_closing(scope, render(incomplete, request_id)))
             return
         except asyncio.CancelledError:
             # The server is stopping and gave up waiting for this request: still answer it
@@ -219,6 +228,8 @@ class DataPlane:
             status = 200
             outcome.streamed = True
         else:
+            if not outcome.body_read:  # refused unread: what is left of it is no next request
+                reply = _closing(scope, reply)
             status, headers, body = reply
             await send_response(send, status, headers, body)
         elapsed = time.perf_counter() - started
@@ -239,7 +250,8 @@ class DataPlane:
         outcome.operation = OPERATIONS[request.operation]
         if request.content_length is not None and request.content_length > self._max_body:
             raise too_large(self._max_body)
-        body = await read_body(receive, self._max_body)
+        body = await self._bodies.read(receive, self._max_body)
+        outcome.body_read = True
         body_sha256 = hashlib.sha256(body).hexdigest()
         caller = self._auth.authenticate(
             RequestFacts("POST", scope["raw_path"].decode("latin-1"),
@@ -298,6 +310,13 @@ class DataPlane:
         return target
 
 
+def _closing(scope: Scope, reply: tuple[int, Headers, bytes]) -> tuple[int, Headers, bytes]:
+    """``reply`` closing an HTTP/1 connection (HTTP/2 ends just the stream by itself)."""
+    if scope.get("http_version") in ("1.0", "1.1"):
+        reply[1].append((b"connection", b"close"))
+    return reply
+
+
 @dataclass(slots=True)
 class _Outcome:
     """What the request turned out to be, for metrics and the access log."""
@@ -312,6 +331,7 @@ class _Outcome:
     outside_s: float | None = None
     """Seconds upstream, queued or backing off (None: no model call was made)."""
     streamed: bool = False
+    body_read: bool = False
     call: Call | None = None
     answered_id: str | None = None
     """The request id the client was told (upstream's on a forwarded answer)."""
