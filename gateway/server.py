@@ -9,6 +9,7 @@ serves HTTP/1.1 only, with uvicorn. docs/benchmarks.md compares the two.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import signal
@@ -29,10 +30,14 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
+    from gateway.uvicorn_h1 import BoundedHttpTools
+
     server, tls = config.server, config.server.tls
     return {
         "host": server.host,
         "port": server.port,
+        # httptools, with limits on a request head's size and time (gateway/uvicorn_h1.py)
+        "http": functools.partial(BoundedHttpTools, head_timeout_s=server.request_read_timeout_s),
         "log_level": "warning",
         "access_log": False,  # the data plane logs one line per request itself
         # when the drain (gateway/shutdown.py) hands the stop over, it sets what is left
@@ -44,6 +49,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
 
 def granian_options(config: GatewayConfig) -> dict[str, Any]:
     from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
 
     server, tls = config.server, config.server.tls
     return {
@@ -51,6 +57,10 @@ def granian_options(config: GatewayConfig) -> dict[str, Any]:
         "port": server.port,
         "interface": Interfaces.ASGI,
         "http": HTTPModes.auto,  # HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN over TLS)
+        # a request head's time (its size: granian's own limit, docs/operations.md)
+        "http1_settings": HTTP1Settings(
+            header_read_timeout=math.ceil(server.request_read_timeout_s * 1000)
+        ),
         "websockets": False,
         "workers": server.workers,
         "loop": Loops.uvloop,
