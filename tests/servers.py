@@ -240,3 +240,190 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ---- Redis Cluster and Sentinel -----------------------------------------------------------
+
+
+def _redis_node(port: int, workdir: str, *extra: str) -> subprocess.Popen[bytes]:
+    """A redis-server on ``port`` (nothing persisted) with ``extra`` arguments, not waited on."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not on PATH")
+    return subprocess.Popen(
+        [binary, *extra, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _until(check: Any, timeout: float, what: str) -> None:
+    """Poll ``check()`` (connection errors count as not yet) until true; TimeoutError after."""
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, redis.RedisError):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def _client(port: int) -> Any:
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+
+
+class RedisCluster:
+    """A local Redis Cluster of ``masters`` masters and no replicas, each in a directory of
+    its own, made with ``redis-cli --cluster create``; ready once every node says
+    ``cluster_state:ok``."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.ports = [free_port() for _ in range(masters)]
+        self.dir = tempfile.mkdtemp(prefix="gw-cluster-")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self, timeout: float = 30.0) -> RedisCluster:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> RedisCluster:
+        for port in self.ports:
+            workdir = os.path.join(self.dir, str(port))
+            os.makedirs(workdir, exist_ok=True)
+            # The bus port is port + 10000 unless given: past 65535 for many free ports.
+            self.procs.append(_redis_node(port, workdir, "--cluster-enabled", "yes",
+                                          "--cluster-port", str(free_port()),
+                                          "--cluster-config-file", "nodes.conf",
+                                          "--cluster-node-timeout", "2000"))  # fmt: skip
+        for port in self.ports:
+            _until(lambda p=port: _client(p).ping(), timeout, f"cluster node {port} up")
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout,
+        )  # fmt: skip
+        for port in self.ports:
+            _until(lambda p=port: b"cluster_state:ok" in _client(p).execute_command(
+                "CLUSTER", "INFO"), timeout, f"cluster node {port} ok")  # fmt: skip
+        return self
+
+    def owner(self, key: str) -> int:
+        """The port of the master serving ``key``'s slot."""
+        slot = _client(self.ports[0]).execute_command("CLUSTER", "KEYSLOT", key)
+        for start, end, master, *_ in _client(self.ports[0]).execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                return int(master[1])
+        raise LookupError(f"no node serves slot {slot}")
+
+    def flush(self) -> None:
+        for port in self.ports:
+            _client(port).flushall()
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(timeout=10)
+        self.procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisSentinelSet:
+    """A master, ``replicas`` replicas and ``sentinels`` sentinels watching it as ``gw`` (quorum:
+    a majority), each a process of its own; ready once every sentinel knows every replica and
+    the other sentinels, and the replicas are in sync."""
+
+    NAME = "gw"
+
+    def __init__(self, replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000) -> None:
+        self.data_ports = [free_port() for _ in range(1 + replicas)]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.down_after_ms = down_after_ms
+        self.dir = tempfile.mkdtemp(prefix="gw-sentinel-")
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        nodes = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{nodes}/{self.NAME}"
+
+    def master_port(self) -> int:
+        """The master's port as the first sentinel answering says."""
+        for port in self.sentinel_ports:
+            with contextlib.suppress(Exception):  # a sentinel down, or not knowing it yet
+                return int(_client(port).sentinel_get_master_addr_by_name(self.NAME)[1])
+        raise LookupError("no sentinel answers")
+
+    def start(self, timeout: float = 30.0) -> RedisSentinelSet:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> RedisSentinelSet:
+        master, *replicas = self.data_ports
+        for port in self.data_ports:
+            workdir = os.path.join(self.dir, str(port))
+            os.makedirs(workdir, exist_ok=True)
+            # no 5 s wait for more replicas before a full sync
+            extra = ("--repl-diskless-sync-delay", "0")
+            if port != master:
+                extra += ("--replicaof", "127.0.0.1", str(master))
+            self.procs[port] = _redis_node(port, workdir, *extra)
+        for port in replicas:
+            _until(lambda p=port: _client(p).info("replication")["master_link_status"] == "up",
+                   timeout, f"replica {port} in sync")  # fmt: skip
+        quorum = len(self.sentinel_ports) // 2 + 1
+        ids = {port: f"{port:040x}" for port in self.sentinel_ports}
+        for port in self.sentinel_ports:
+            # Told of each other and of the replicas, not left to find them (seconds of hellos).
+            lines = [f"sentinel myid {ids[port]}",
+                     f"sentinel monitor {self.NAME} 127.0.0.1 {master} {quorum}",
+                     f"sentinel down-after-milliseconds {self.NAME} {self.down_after_ms}",
+                     f"sentinel failover-timeout {self.NAME} 10000",
+                     *(f"sentinel known-replica {self.NAME} 127.0.0.1 {r}" for r in replicas),
+                     *(f"sentinel known-sentinel {self.NAME} 127.0.0.1 {o} {ids[o]}"
+                       for o in self.sentinel_ports if o != port)]  # fmt: skip
+            conf = os.path.join(self.dir, f"sentinel-{port}.conf")
+            with open(conf, "w", encoding="utf-8") as file:
+                file.write("\n".join(lines) + "\n")
+            self.procs[port] = _redis_node(port, self.dir, conf, "--sentinel")
+        others, known = len(self.sentinel_ports) - 1, len(replicas)
+
+        def settled(port: int) -> bool:
+            state = _client(port).sentinel_master(self.NAME)
+            return state["num-other-sentinels"] == others and state["num-slaves"] == known
+
+        for port in self.sentinel_ports:
+            _until(lambda p=port: settled(p), timeout, f"sentinel {port} knows the set")
+        return self
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one process of the set (the master, say), as a crash would."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(timeout=10)
+
+    def flush(self) -> None:
+        _client(self.master_port()).flushall()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            proc.wait(timeout=10)
+        self.procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)

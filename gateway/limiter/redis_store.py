@@ -1,9 +1,10 @@
 """The Redis store: the limiter core as two Lua scripts, one round trip to admit, one to settle.
 
-Scripts are package data, run by SHA and loaded again when Redis answers NOSCRIPT (after a
-restart or SCRIPT FLUSH). Calls go over ``resp.Pipe``, a pipelining connection measured at a
-fraction of redis-py's CPU per call (docs/benchmarks.md). Its failures become
-``StoreUnavailable`` here and nowhere else.
+Scripts are package data, run by SHA and sent whole (``EVAL``, which caches them) when Redis
+answers NOSCRIPT (after a restart, a failover or SCRIPT FLUSH; on a Cluster node the slot just
+moved to). Calls go over a ``resp.Link``: one server's pipelining connection, measured at a
+fraction of redis-py's CPU per call (docs/benchmarks.md), or the Sentinel or Cluster link built
+on it (topology.py). Its failures become ``StoreUnavailable`` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from gateway.limiter import core
 from gateway.limiter.adaptive import Aimd, State
@@ -27,7 +27,8 @@ from gateway.limiter.core import (
     Tally,
     WindowView,
 )
-from gateway.limiter.resp import Address, ConnectionLost, Pipe, RespError
+from gateway.limiter.resp import Address, ConnectionLost, Link, RespError
+from gateway.limiter.topology import open_link, parse_topology
 
 
 class StoreUnavailable(Exception):
@@ -86,25 +87,14 @@ class _Script:
 
 
 def parse_redis_url(url: str) -> Address:
-    """``redis://[user:password@]host[:port][/db]`` or ``rediss://`` for TLS."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
-    db = parts.path.lstrip("/")
-    return Address(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 6379,
-        db=int(db) if db else 0,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        tls=parts.scheme == "rediss",
-    )
+    """How to reach a data node of the Redis ``url`` names (topology.py lists the forms)."""
+    return parse_topology(url).address
 
 
 class RedisStore:
     name = "redis"
 
-    def __init__(self, pipe: Pipe) -> None:
+    def __init__(self, pipe: Link) -> None:
         self._pipe = pipe
         self._admit = _Script("admit.lua", "common.lua")
         self._settle = _Script("settle.lua", "common.lua")
@@ -114,7 +104,7 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float) -> RedisStore:
-        return cls(Pipe(parse_redis_url(url), timeout_s))
+        return cls(open_link(url, timeout_s))
 
     async def admit(self, plan: Plan, now_ms: int | None = None) -> Decision:
         keys, args = encode_admit(plan, now_ms)
@@ -239,8 +229,8 @@ class RedisStore:
             except RespError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
-            await self._pipe.call("SCRIPT", "LOAD", script.text)
-            return await self._pipe.call("EVALSHA", script.sha, len(keys), *keys, *args)
+            # EVAL, not SCRIPT LOAD: it has keys, so a Cluster sends it where they are
+            return await self._pipe.call("EVAL", script.text, len(keys), *keys, *args)
         except ConnectionLost as exc:
             raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
 

@@ -5,7 +5,8 @@ holds the connection until the reply: about 33 µs of CPU per call on this machi
 limiter calls Redis twice per request. This connection writes each command at once without
 waiting for earlier replies (Redis answers in order) and resolves a FIFO of futures from the
 reply stream. One watchdog timer, not one per call, fails the connection when the oldest
-command outlives the timeout. It speaks RESP2 and only what the limiter needs.
+command outlives the timeout. It speaks RESP2 and only what the limiter needs; a ``Link`` is
+anything that answers calls like it (a ``Pipe``, or the Sentinel and Cluster links built on it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Reply = int | bytes | list[Any] | None
 
@@ -29,8 +30,25 @@ class ConnectionLost(Exception):
     """The connection failed, timed out or closed before the reply arrived."""
 
 
+class Unavailable(ConnectionLost):
+    """The server answered but cannot serve writes now: ``-READONLY`` (a master turned replica
+    by a failover), ``-LOADING``, ``-MASTERDOWN``, ``-CLUSTERDOWN``, ``-TRYAGAIN``. To the
+    store that is an outage like a lost connection, and a link looks for the master again."""
+
+
+UNAVAILABLE = (b"READONLY", b"LOADING", b"MASTERDOWN", b"CLUSTERDOWN", b"TRYAGAIN")
+
+
 class _Incomplete(Exception):
     pass
+
+
+class Link(Protocol):
+    """What the stores call: one command in, its reply out (``ConnectionLost`` when none)."""
+
+    async def call(self, *args: bytes | str | int) -> Reply: ...
+
+    def close(self) -> None: ...
 
 
 def encode(args: tuple[bytes | str | int, ...]) -> bytes:
@@ -41,7 +59,7 @@ def encode(args: tuple[bytes | str | int, ...]) -> bytes:
     return b"".join(parts)
 
 
-def parse(buf: bytes | bytearray, pos: int) -> tuple[Reply | RespError, int]:
+def parse(buf: bytes | bytearray, pos: int) -> tuple[Reply | RespError | Unavailable, int]:
     """One reply starting at ``pos``: (value, position after it). Raises _Incomplete."""
     end = buf.find(b"\r\n", pos)
     if end < 0:
@@ -66,8 +84,22 @@ def parse(buf: bytes | bytearray, pos: int) -> tuple[Reply | RespError, int]:
     if kind == b"+":
         return line, pos
     if kind == b"-":
-        return RespError(line.decode(errors="replace")), pos
+        error = Unavailable if line.startswith(UNAVAILABLE) else RespError
+        return error(line.decode(errors="replace")), pos
     raise ConnectionLost(f"unexpected reply type {kind!r}")
+
+
+def take_replies(buf: bytearray) -> list[Reply | RespError | Unavailable]:
+    """Every whole reply at the start of ``buf``, removed from it (a subscription's messages)."""
+    replies, pos = [], 0
+    try:
+        while pos < len(buf):
+            value, pos = parse(buf, pos)
+            replies.append(value)
+    except _Incomplete:
+        pass
+    del buf[:pos]
+    return replies
 
 
 class _Protocol(asyncio.Protocol):
@@ -102,7 +134,7 @@ class _Protocol(asyncio.Protocol):
                 value, pos = parse(self._buf, pos)
                 future, _ = self._pending.popleft()
                 if not future.done():
-                    if isinstance(value, RespError):
+                    if isinstance(value, RespError | Unavailable):
                         future.set_exception(value)
                     else:
                         future.set_result(value)
@@ -168,11 +200,32 @@ class Pipe:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
+    @property
+    def address(self) -> Address:
+        return self._address
+
+    @property
+    def connected(self) -> bool:
+        """Connected now (a call would not have to connect first)."""
+        return self._protocol is not None and not self._protocol.closed
+
     async def call(self, *args: bytes | str | int) -> Reply:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
         return await protocol.send(encode(args))
+
+    async def call_asking(self, *args: bytes | str | int) -> Reply:
+        """``ASKING`` and the command in one write, so no other command comes between them
+        (a Cluster node migrating a slot in serves it to a client that asks first)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        asking = protocol.send(encode(("ASKING",)))
+        reply = protocol.send(encode(args))
+        await asyncio.gather(asking, reply, return_exceptions=True)
+        await asking
+        return await reply
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:

@@ -1,4 +1,5 @@
-"""The tenant store in Redis, over the limiter's pipelining connection (``resp.Pipe``).
+"""The tenant store in Redis, over the limiter's link (``resp.Link``: one server, Sentinel or
+Cluster; gateway/limiter/topology.py).
 
 Keys, all in the ``{prefix}`` hash slot: ``{p}:tenants`` (hash: id → record JSON),
 ``{p}:tenants:version`` (bumped by every write; replicas poll it), ``{p}:tenants:config``
@@ -14,8 +15,9 @@ import hashlib
 from importlib import resources
 from typing import Any
 
-from gateway.limiter.redis_store import StoreUnavailable, parse_redis_url
-from gateway.limiter.resp import ConnectionLost, Pipe, RespError
+from gateway.limiter.redis_store import StoreUnavailable
+from gateway.limiter.resp import ConnectionLost, Link, RespError
+from gateway.limiter.topology import open_link
 from gateway.tenancy.model import AuditEntry, TenantRecord
 from gateway.tenancy.store import Snapshot, StaleRevision, Write
 
@@ -31,7 +33,7 @@ return v
 
 
 class RedisTenantStore:
-    def __init__(self, pipe: Pipe, prefix: str, retain: int = 10_000) -> None:
+    def __init__(self, pipe: Link, prefix: str, retain: int = 10_000) -> None:
         self._pipe = pipe
         base = f"{{{prefix}}}:tenants"
         self._hash, self._version = base, f"{base}:version"
@@ -41,7 +43,7 @@ class RedisTenantStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, timeout_s: float, retain: int) -> RedisTenantStore:
-        return cls(Pipe(parse_redis_url(url), timeout_s), prefix, retain)
+        return cls(open_link(url, timeout_s), prefix, retain)
 
     async def version(self) -> int:
         return int(await self._call("GET", self._version) or 0)
@@ -73,8 +75,8 @@ class RedisTenantStore:
         except RespError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-            await self._call("SCRIPT", "LOAD", _WRITE)
-            reply = await self._call("EVALSHA", _WRITE_SHA, len(keys), *keys, *args)
+            # EVAL, not SCRIPT LOAD: it has keys, so a Cluster sends it where they are
+            reply = await self._call("EVAL", _WRITE, len(keys), *keys, *args)
         if int(reply[0]) != 1:
             raise StaleRevision(int(reply[1]))
         return int(reply[1])
