@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from gateway.calibration import CalibrationPolicy
+from gateway.limiter.topology import parse_topology
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -96,12 +97,18 @@ class LimiterConfig(_Frozen):
     backend: Literal["memory", "redis"] = "memory"
     """``memory``: this process only (one replica). ``redis``: shared by every replica."""
     redis_url: str | None = None
-    """``redis://host:6379/0`` (or ``rediss://`` for TLS). Prefer ``redis_url_env`` when the
-    URL carries a password."""
+    """One server: ``redis://[user:password@]host:6379/0``. A Sentinel set:
+    ``redis+sentinel://host:26379[,host:26379…]/master-name[?db=N]`` (the sentinels; the
+    credentials are the master's). A Cluster: ``redis+cluster://host:6379[,host:6379…]`` (any
+    nodes, such as an ElastiCache configuration endpoint; database 0 only). ``rediss…`` for
+    TLS. A failover is a short store outage (``on_store_failure``); docs/operations.md, "Redis:
+    single, Sentinel, Cluster". Prefer ``redis_url_env`` when the URL carries a password."""
     redis_url_env: str | None = None
-    """Environment variable holding the Redis URL; wins over ``redis_url``."""
+    """Environment variable holding the Redis URL (any of the forms above); wins over
+    ``redis_url``."""
     key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "bgw"
-    """Keys are ``{prefix}:…``: the braces put every limiter key in one Redis Cluster hash slot."""
+    """Keys are ``{prefix}:…``: the braces put every key of the gateway (limiter and tenants) in
+    one Redis Cluster hash slot, so every script's keys are on one node."""
     timeout_s: Annotated[float, Field(gt=0, le=10)] = 0.25
     """How long one Redis call may take before the store counts as unavailable."""
     on_store_failure: Literal["local", "deny"] = "local"
@@ -137,6 +144,13 @@ class LimiterConfig(_Frozen):
     learn_floor: Annotated[float, Field(gt=0, le=1)] = 0.05
     """The quota never falls below this fraction of the configured one."""
     learn_cooldown_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, url: str | None) -> str | None:
+        if url is not None:
+            parse_topology(url)  # a ValueError says what is wrong with it
+        return url
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> LimiterConfig:

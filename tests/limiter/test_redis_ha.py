@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis
+from pydantic import ValidationError
 
+from gateway.config import LimiterConfig
 from gateway.limiter.cluster import ClusterLink, hash_slot
 from gateway.limiter.core import Admitted, Charge, Denied, Plan, window_bucket
 from gateway.limiter.redis_store import RedisStore, StoreUnavailable
@@ -47,6 +49,12 @@ def test_sentinel_and_cluster_urls() -> None:
                       ("redis+sentinel://s/m?db=x", "database number")]:  # fmt: skip
         with pytest.raises(ValueError, match=says):
             parse_topology(bad)
+
+
+def test_the_config_refuses_a_redis_url_it_cannot_use() -> None:
+    assert LimiterConfig(backend="redis", redis_url="redis+cluster://n1,n2:7000").redis_url
+    with pytest.raises(ValidationError, match="names its master"):
+        LimiterConfig(backend="redis", redis_url="redis+sentinel://s1:26379")
 
 
 def test_hash_slots_are_the_clusters(redis_cluster: RedisCluster) -> None:
