@@ -9,6 +9,7 @@ label in PromQL). docs/operations.md lists every metric and what it counts.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections.abc import Callable, Hashable
 from importlib import metadata
@@ -398,6 +399,15 @@ class Metrics:
             return
         self.budget_limit.labels(tenant, budget).set(limit)
         self.budget_remaining.labels(tenant, budget).set_function(lambda: max(0, limit - used()))
+
+    def unwatch_budget(self, tenant: str, budget: str) -> None:
+        """Drop a budget's gauges (its tenant was deleted, or the budget lifted)."""
+        gauges = ((self.spend_budget, self.spend_remaining) if budget == "monthly_spend_usd"
+                  else (self.budget_limit, self.budget_remaining))  # fmt: skip
+        labels = (tenant,) if budget == "monthly_spend_usd" else (tenant, budget)
+        for gauge in gauges:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

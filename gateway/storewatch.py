@@ -72,18 +72,26 @@ class BucketUsage:
         self._buckets: dict[str, Bucket] = {}
         self._used: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self.before_refresh: list[Callable[[], None]] = []
+        """Called at the start of every refresh (to change what is watched)."""
 
     def watch(self, bucket: Bucket) -> Callable[[], int]:
         """Watch ``bucket``; the returned function reads its last refreshed total."""
         self._buckets[bucket.key] = bucket
         return lambda: self._used.get(bucket.key, 0)
 
+    def unwatch(self, bucket: Bucket) -> None:
+        self._buckets.pop(bucket.key, None)
+        self._used.pop(bucket.key, None)
+
     async def refresh(self) -> None:
-        for key, bucket in self._buckets.items():
+        for hook in self.before_refresh:
+            hook()
+        for key, bucket in list(self._buckets.items()):
             self._used[key] = await self._read(bucket)
 
     def start(self) -> None:
-        if self._task is None and self._buckets:
+        if self._task is None and (self._buckets or self.before_refresh):
             self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def _refresh_forever(self) -> None:

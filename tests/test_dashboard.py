@@ -153,7 +153,7 @@ def history(clock: Clock, keep_s: float = 120.0) -> tuple[StatusHistory, Metrics
     )  # fmt: skip
     budgets = (BudgetWatch("team-a", "tokens_per_day", 100, lambda: used[0]),)
     learned = LearnedQuotas(Aimd(0.7, 0.002, 0.05, 5.0, 0.95, 60.0), None, "k")
-    status = StatusHistory(catalog, metrics, pools, budgets, learned, MemoryStore(),
+    status = StatusHistory(catalog, metrics, pools, lambda: budgets, learned, MemoryStore(),
                            backend="memory", on_store_failure="local", interval_s=5.0,
                            keep_s=keep_s, wall=clock)  # fmt: skip
     return status, metrics, used

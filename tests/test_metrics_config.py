@@ -98,6 +98,48 @@ def test_pool_and_budget_gauges_are_refreshed_in_the_background(
         gateway.stop()
 
 
+def _eventually(check: Any, what: str) -> Any:
+    deadline = time.monotonic() + 5
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)  # polling the real server's background refresh
+    return found
+
+
+def test_a_tenant_made_at_runtime_gets_its_budget_gauges_and_loses_them_when_deleted(
+    upstream: ServerThread,
+) -> None:
+    admin_key = "gwk-admin-metrics-runtime-0123456789"
+    config = settings(upstream.url, metrics={"refresh_s": 1},
+                      admin={"key_sha256": hash_key(admin_key)})  # fmt: skip
+    gateway = start_gateway(parse_config(config))
+    admin = httpx.Client(base_url=gateway.url, headers={"authorization": f"Bearer {admin_key}"})
+    budget = {"tenant": "made-later", "budget": "tokens_per_day"}
+    try:
+        created = admin.post("/admin/tenants", json={"id": "made-later", "tokens_per_day": 5000,
+                                                     "monthly_spend_usd": 2.5})  # fmt: skip
+        assert created.status_code == 201, created.text
+
+        def new_gauges() -> Any:
+            samples = scrape(gateway.url)
+            return samples if value(samples, "gateway_tenant_budget_tokens", **budget) else None
+
+        samples = _eventually(new_gauges, "no gauge for the new tenant")
+        assert value(samples, "gateway_tenant_budget_remaining_tokens", **budget) == 5000
+        assert value(samples, "gateway_tenant_spend_budget_usd", tenant="made-later") == 2.5
+        page = admin.get("/dashboard/data").json()
+        assert any(t["tenant"] == "made-later" for t in page["tenants"])
+        assert admin.patch("/admin/tenants/made-later", json={"tokens_per_day": 7000}).is_success
+        _eventually(lambda: value(scrape(gateway.url), "gateway_tenant_budget_tokens",
+                                  **budget) == 7000, "the changed budget never showed")  # fmt: skip
+        assert admin.delete("/admin/tenants/made-later").status_code == 204
+        _eventually(lambda: "made-later" not in httpx.get(f"{gateway.url}/metrics").text,
+                    "the deleted tenant's gauges stayed")  # fmt: skip
+    finally:
+        admin.close()
+        gateway.stop()
+
+
 def test_readiness_reports_an_unreachable_upstream_after_failures_in_a_row(
     make_client: ClientFactory,
 ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -18,15 +18,15 @@ from fastapi.responses import Response
 
 from gateway.auth import hash_key
 from gateway.catalog import Catalog
-from gateway.config import GatewayConfig, LimiterConfig
-from gateway.limiter.core import Bucket, Period, period_bucket, window_bucket
+from gateway.config import GatewayConfig
+from gateway.limiter.core import Bucket
 from gateway.limiter.failover import FailoverStore, Store
 from gateway.limiter.learning import LearnedQuotas
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.redis_store import RedisStore
 from gateway.limiter.service import Limiter
 from gateway.metrics import Metrics, pool_name
-from gateway.statuspage.history import StatusHistory
+from gateway.statuspage.history import BudgetWatch, StatusHistory
 from gateway.storewatch import BucketUsage, TimedStore
 from gateway.upstream.client import base_url
 from gateway.upstream.health import UpstreamHealth
@@ -115,29 +115,45 @@ def observability(
             window, key = limiter.tpm_window(route), limiter.pool_of(route)
             used = usage.watch(window) if window is not None else (lambda: 0)
             metrics.watch_pool(pool_name(route), route.tpm, partial(learned.factor, key), used)
-    if config.metrics.tenant_labels:
-        for name in config.tenants:
-            for budget, bucket in limiter.budgets(name):
-                metrics.watch_budget(name, budget, bucket.limit, usage.watch(bucket))
-    status = StatusHistory.watching(config, catalog, store, limiter, learned, metrics, usage)
+    budgets = TenantBudgets(limiter, usage, metrics if config.metrics.tenant_labels else None)
+    budgets.sync()
+    usage.before_refresh.append(budgets.sync)
+    status = StatusHistory.watching(config, catalog, store, limiter, learned, metrics, usage,
+                                    budgets.watches)  # fmt: skip
     return Observability(config, metrics, health, usage, status)
 
 
-def budget_buckets(
-    config: LimiterConfig, tenant: str, limits: Mapping[str, int | None]
-) -> list[tuple[str, Bucket]]:
-    """A tenant's token budgets as the limiter keys them (``gateway.limiter.service``)."""
-    key = f"{{{config.key_prefix}}}:tenant:{tenant}"
-    found = []
-    if limits.get("tpm"):
-        found.append(("tpm", window_bucket(
-            f"{key}:tpm", limits["tpm"] or 0, window_ms=int(config.window_s * 1000),
-            slot_ms=config.slot_ms, margin_ms=config.margin_ms, label="")))  # fmt: skip
-    for budget, period in (("tokens_per_day", Period.DAY), ("tokens_per_month", Period.MONTH)):
-        if limits.get(budget):
-            found.append((budget, period_bucket(f"{key}:{budget}", limits[budget] or 0, period,
-                                                label="")))  # fmt: skip
-    return found
+class TenantBudgets:
+    """Every tenant's budgets as the limiter holds them now (from the config file and the admin
+    API), watched through the gauges' reader for the budget gauges and the status page.
+    ``sync`` runs before each refresh, so a tenant created, changed or deleted at runtime
+    gains, changes or loses its gauges within ``metrics.refresh_s``. ``metrics`` None: watched
+    for the status page only (``metrics.tenant_labels`` off)."""
+
+    def __init__(self, limiter: Limiter, usage: BucketUsage, metrics: Metrics | None) -> None:
+        self._limiter, self._usage, self._metrics = limiter, usage, metrics
+        self._watched: dict[tuple[str, str], tuple[Bucket, BudgetWatch]] = {}
+
+    def watches(self) -> list[BudgetWatch]:
+        return [watch for _, watch in self._watched.values()]
+
+    def sync(self) -> None:
+        limiter = self._limiter
+        wanted = {(name, budget): bucket for name in limiter.tenant_names()
+                  for budget, bucket in limiter.budgets(name)}  # fmt: skip
+        for gone in [k for k in self._watched if k not in wanted]:
+            bucket, _ = self._watched.pop(gone)
+            self._usage.unwatch(bucket)
+            if self._metrics is not None:
+                self._metrics.unwatch_budget(*gone)
+        for (name, budget), bucket in wanted.items():
+            known = self._watched.get((name, budget))
+            if known is not None and known[0] == bucket:
+                continue
+            used = self._usage.watch(bucket)
+            self._watched[(name, budget)] = (bucket, BudgetWatch(name, budget, bucket.limit, used))
+            if self._metrics is not None:
+                self._metrics.watch_budget(name, budget, bucket.limit, used)
 
 
 def _token_ok(authorization: str, digests: list[str]) -> bool:

@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -61,7 +61,7 @@ class PoolWatch:
 
 @dataclass(frozen=True)
 class BudgetWatch:
-    """One token budget of a tenant from the config, read the same way."""
+    """One budget of a tenant, read the same way (``gateway.api.observability.TenantBudgets``)."""
 
     tenant: str
     budget: str
@@ -94,7 +94,7 @@ class StatusHistory:
         catalog: Catalog,
         metrics: Metrics,
         pools: tuple[PoolWatch, ...],
-        budgets: tuple[BudgetWatch, ...],
+        budgets: Callable[[], Iterable[BudgetWatch]],
         learned: LearnedQuotas,
         store: FailoverStore | Store,
         *,
@@ -142,12 +142,12 @@ class StatusHistory:
     def watching(
         cls, config: GatewayConfig, catalog: Catalog, store: FailoverStore | Store,
         limiter: Limiter, learned: LearnedQuotas, metrics: Metrics, usage: BucketUsage,
+        budgets: Callable[[], Iterable[BudgetWatch]],
     ) -> StatusHistory:  # fmt: skip
-        """The status page of these parts. Pool windows and tenant budgets (``Limiter.budgets``
-        of each tenant in the config) are watched through ``usage``, the gauges' own reader:
-        a bucket the gauges watch too is read once per refresh for both. Budgets are watched
-        with ``metrics.tenant_labels`` off as well (not exported then), so the page has them;
-        ``usage`` must not have started yet."""
+        """The status page of these parts. Pool windows are watched through ``usage``, the
+        gauges' own reader: a bucket the gauges watch too is read once per refresh for both;
+        ``budgets`` gives every tenant's budgets as they are now. ``usage`` must not have
+        started yet."""
         pools: dict[str, PoolWatch] = {}
         for target in catalog.targets():
             for route in target.routes:
@@ -156,12 +156,7 @@ class StatusHistory:
                 watch = PoolWatch(pool_name(route), key, route.tpm, partial(learned.factor, key),
                                   used)  # fmt: skip
                 pools.setdefault(watch.pool, watch)
-        budgets = [
-            BudgetWatch(name, budget, bucket.limit, usage.watch(bucket))
-            for name in config.tenants
-            for budget, bucket in limiter.budgets(name)
-        ]
-        return cls(catalog, metrics, tuple(pools.values()), tuple(budgets), learned, store,
+        return cls(catalog, metrics, tuple(pools.values()), budgets, learned, store,
                    backend=config.limiter.backend,
                    on_store_failure=config.limiter.on_store_failure)  # fmt: skip
 
@@ -309,7 +304,7 @@ class StatusHistory:
             "history": {"t": times, "pools": series},
             "refused_outside_pools": outside,
             "requests": self._requests(),
-            "tenants": [self._budget(watch) for watch in self._budgets],
+            "tenants": [self._budget(watch) for watch in self._budgets()],
             "store": self._store_health(),
         }
 
