@@ -2,9 +2,10 @@
 
 Closed loop (``--concurrency`` calls always in flight) or open loop (``--rate`` arrivals a
 second, however slow the answers), for ``--requests`` calls after a warm-up; realistic bodies
-(a Converse call with a system prompt and a few turns, about 2 KB, or an InvokeModel call of
-about 100 input tokens); SigV4 signed per request as boto3 does, or a bearer key, or nothing.
-Prints one JSON object: calls, wall seconds, throughput, latency percentiles, errors.
+(a Converse call with a system prompt and a few turns, about 2 KB, the same as a ConverseStream
+read to its end, or an InvokeModel call of about 100 input tokens); SigV4 signed per request as
+boto3 does, or a bearer key, or nothing. Prints one JSON object: calls, wall seconds,
+throughput, latency percentiles, errors.
 
 Run by bench/suite.py in a process of its own, so its CPU is not the server's (from the
 repository root)::
@@ -63,7 +64,8 @@ def invoke_body() -> bytes:
                        "messages": [{"role": "user", "content": text}]}).encode()  # fmt: skip
 
 
-BODIES = {"converse": (converse_body, "converse"), "invoke": (invoke_body, "invoke")}
+BODIES = {"converse": (converse_body, "converse"), "invoke": (invoke_body, "invoke"),
+          "converse-stream": (converse_body, "converse-stream")}  # fmt: skip
 
 
 class Signer:
