@@ -75,10 +75,12 @@ class SentinelLink:
             pipe.close()
 
     def switched(self) -> None:
-        """A sentinel announced a new master: the next call asks where it is, and fails as an
-        outage when it has moved (calls in flight finish where they are)."""
+        """A sentinel announced a new master: calls in flight on the old one fail, and the next
+        call asks where it is (and fails as an outage when it has moved)."""
         self.switches += 1
-        self._pipe = None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close()
 
     async def _find(self) -> Pipe:
         if self._watch is None:  # owned by this link; cancelled in close()
