@@ -278,14 +278,15 @@ def _client(port: int) -> Any:
 
 
 class RedisCluster:
-    """A local Redis Cluster of ``masters`` masters and no replicas, each in a directory of
-    its own, made with ``redis-cli --cluster create``; ready once every node says
-    ``cluster_state:ok``."""
+    """A local Redis Cluster of ``masters`` masters with ``replicas`` replicas each, every node
+    in a directory of its own, made with ``redis-cli --cluster create``; ready once every node
+    says ``cluster_state:ok``."""
 
-    def __init__(self, masters: int = 3) -> None:
-        self.ports = [free_port() for _ in range(masters)]
+    def __init__(self, masters: int = 3, replicas: int = 0) -> None:
+        self.ports = [free_port() for _ in range(masters * (1 + replicas))]
+        self.replicas = replicas
         self.dir = tempfile.mkdtemp(prefix="gw-cluster-")
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -303,15 +304,15 @@ class RedisCluster:
             workdir = os.path.join(self.dir, str(port))
             os.makedirs(workdir, exist_ok=True)
             # The bus port is port + 10000 unless given: past 65535 for many free ports.
-            self.procs.append(_redis_node(port, workdir, "--cluster-enabled", "yes",
-                                          "--cluster-port", str(free_port()),
-                                          "--cluster-config-file", "nodes.conf",
-                                          "--cluster-node-timeout", "2000"))  # fmt: skip
+            self.procs[port] = _redis_node(port, workdir, "--cluster-enabled", "yes",
+                                           "--cluster-port", str(free_port()),
+                                           "--cluster-config-file", "nodes.conf",
+                                           "--cluster-node-timeout", "2000")  # fmt: skip
         for port in self.ports:
             _until(lambda p=port: _client(p).ping(), timeout, f"cluster node {port} up")
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout,
         )  # fmt: skip
         for port in self.ports:
@@ -320,21 +321,29 @@ class RedisCluster:
         return self
 
     def owner(self, key: str) -> int:
-        """The port of the master serving ``key``'s slot."""
-        slot = _client(self.ports[0]).execute_command("CLUSTER", "KEYSLOT", key)
-        for start, end, master, *_ in _client(self.ports[0]).execute_command("CLUSTER", "SLOTS"):
+        """The port of the master serving ``key``'s slot, as a node still running says."""
+        client = _client(next(iter(self.procs)))
+        slot = client.execute_command("CLUSTER", "KEYSLOT", key)
+        for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
             if start <= slot <= end:
                 return int(master[1])
         raise LookupError(f"no node serves slot {slot}")
 
     def flush(self) -> None:
         for port in self.ports:
-            _client(port).flushall()
+            if _client(port).info("replication")["role"] == "master":
+                _client(port).flushall()
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node, as a crash would."""
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait(timeout=10)
 
     def stop(self) -> None:
-        for proc in self.procs:
+        for proc in self.procs.values():
             proc.terminate()
-        for proc in self.procs:
+        for proc in self.procs.values():
             proc.wait(timeout=10)
         self.procs.clear()
         shutil.rmtree(self.dir, ignore_errors=True)

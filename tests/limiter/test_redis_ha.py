@@ -104,6 +104,41 @@ async def test_a_resharded_slot_is_followed_with_its_state(redis_cluster: RedisC
         await store.close()
 
 
+async def test_a_killed_cluster_master_is_an_outage_until_its_replica_serves() -> None:
+    cluster = RedisCluster(replicas=1).start()
+    key = "{cf}:w"
+    old = cluster.owner(key)
+    link = open_link(cluster.url, 0.5)
+    assert isinstance(link, ClusterLink)
+    store = RedisStore(link)
+    try:
+        assert isinstance(await _admit(store, key, 6, "a"), Admitted)
+        assert _client(old).execute_command("WAIT", 1, 2000) == 1  # the replica has it
+        cluster.kill(old)
+        failures = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while True:  # the replica takes over after cluster-node-timeout (2 s)
+            try:
+                decision = await _admit(store, key, 4, "b")
+                break
+            except StoreUnavailable:
+                failures += 1
+                assert loop.time() < deadline, "no replica took over within 20 s"
+                await asyncio.sleep(0.1)  # retrying, as failover.py does after retry_after_s
+        print(
+            f"\n[cluster failover] {failures} calls refused, served again "
+            f"{loop.time() - deadline + 20:.2f} s after the kill"
+        )
+        assert failures > 0  # an outage the failover store sees, not a silent switch
+        assert link.node not in (None, ("127.0.0.1", old))
+        assert isinstance(decision, Admitted)  # 6 + 4: the window came along
+        assert isinstance(await _admit(store, key, 1, "c"), Denied)
+    finally:
+        await store.close()
+        cluster.stop()
+
+
 async def test_a_master_turned_replica_is_an_outage_never_a_write_to_a_replica() -> None:
     """-READONLY fails the call as an outage; while the sentinel still names the demoted node,
     the link refuses it (ROLE); once it is a master again, the store serves."""
