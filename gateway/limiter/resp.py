@@ -2,11 +2,15 @@
 
 redis-py checks a connection out of its pool for each command, packs and parses in Python and
 holds the connection until the reply: about 33 µs of CPU per call on this machine, and the
-limiter calls Redis twice per request. This connection writes each command at once without
-waiting for earlier replies (Redis answers in order) and resolves a FIFO of futures from the
-reply stream. One watchdog timer, not one per call, fails the connection when the oldest
-command outlives the timeout. It speaks RESP2 and only what the limiter needs; a ``Link`` is
-anything that answers calls like it (a ``Pipe``, or the Sentinel and Cluster links built on it).
+limiter calls Redis twice per request. This connection sends each command without waiting for
+earlier replies (Redis answers in order) and resolves a FIFO of futures from the reply stream.
+The commands sent in one turn of the event loop (the admissions and settlements of every request
+that turn served) go out in one write at its end: on loopback a socket write costs the sender
+the receiver's work too, so one write per command was the costliest line of the hot path
+(py-spy, docs/benchmarks.md), and Redis reads them in one go as well. One watchdog timer, not one
+per call, fails the connection when the oldest command outlives the timeout. It speaks RESP2 and
+only what the limiter needs; a ``Link`` is anything that answers calls like it (a ``Pipe``, or
+the Sentinel and Cluster links built on it).
 """
 
 from __future__ import annotations
@@ -110,6 +114,8 @@ class _Protocol(asyncio.Protocol):
         self._buf = bytearray()
         self._transport: asyncio.WriteTransport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._out: list[bytes] | None = None
+        """Commands sent in this turn of the event loop, written together at its end."""
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -119,12 +125,22 @@ class _Protocol(asyncio.Protocol):
     def send(self, payload: bytes) -> asyncio.Future[Reply]:
         if self.closed or self._transport is None:
             raise ConnectionLost("connection closed")
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
         self._pending.append((future, self._clock()))
-        self._transport.write(payload)
+        if self._out is None:
+            self._out = [payload]
+            loop.call_soon(self._flush)
+        else:
+            self._out.append(payload)
         if self._watchdog is None:
             self._arm()
         return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, None
+        if out and not self.closed and self._transport is not None:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
