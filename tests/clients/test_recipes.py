@@ -1,7 +1,8 @@
 """Every recipe of docs/clients.md, taken out of the file as it stands and run unchanged against
 ``bedrock-gateway serve`` (the simulator as Bedrock; https with a certificate from a throwaway
 CA): boto3 on botocore 1.40 (this venv) and 1.44 (the venv of tests/clients/requirements.txt),
-aioboto3, AnthropicBedrock, langchain-aws and the AWS SDK for JavaScript v3.
+aioboto3, AnthropicBedrock, langchain-aws 1.1.0 (this venv) and the newest (a venv of its own,
+tests/clients/requirements-langchain.txt), and the AWS SDK for JavaScript v3.
 
 A recipe is the fenced block after a ``<!-- recipe: NAME -->`` line. Python recipes run in a
 child interpreter under run_recipe.py, which records each ``print`` (a stream's chunks one by
@@ -38,6 +39,8 @@ from tests.test_js_sdk import JS, sdk_installed  # noqa: F401  (a fixture: npm c
 from tests.test_newest_boto3 import python  # noqa: F401  (a fixture: the botocore 1.44 venv)
 from tests.test_server import issue_cert
 
+from .venvs import client_venv
+
 ROOT = Path(__file__).parent.parent.parent
 DOC = ROOT / "docs" / "clients.md"
 RUNNER = Path(__file__).parent / "run_recipe.py"
@@ -45,6 +48,7 @@ RECIPE = re.compile(r"^<!-- recipe: (\S+) -->\n```(\w+)\n(.*?)^```$", re.M | re.
 FENCE = re.compile(r"^```(\w+)$", re.M)
 SIGV4_TENANT, BEARER_TENANT = "svc-sigv4", "svc-bearer"
 HAS_NODE = shutil.which("node") is not None and shutil.which("npm") is not None
+LANGCHAIN_REQUIREMENTS = Path(__file__).parent / "requirements-langchain.txt"
 
 
 def recipes() -> dict[str, tuple[str, str]]:
@@ -96,12 +100,19 @@ def gateways(
         yield Gateways(http, https, cafile)
 
 
+@pytest.fixture(scope="module")
+def langchain_python() -> Path:
+    """The newest langchain-aws, on botocore 1.44, in a venv of its own."""
+    return client_venv(LANGCHAIN_REQUIREMENTS, "clients-langchain")
+
+
 @dataclass(frozen=True)
 class Run:
     """One recipe, with one client generation, over one scheme, with its credentials and trust."""
 
     recipe: str
-    client: str  # "botocore-1.40" (this venv), "botocore-1.44" (its own venv) or "node"
+    client: str  # "botocore-1.40" or "langchain-aws-1.1" (this venv), "botocore-1.44" or
+    # "langchain-aws-1.9" (venvs of their own: tests/clients/requirements*.txt), or "node"
     scheme: str
     credentials: str  # "sigv4", "bearer" or "environment" (boto3's own variables)
     ca: str | None = None  # the variable that names the CA file, over https
@@ -120,6 +131,7 @@ class Run:
 
 
 OLD, NEW, NODE = "botocore-1.40", "botocore-1.44", "node"
+LANGCHAIN = ("langchain-aws-1.1", "langchain-aws-1.9")  # this venv's, and the newest in its own
 GW_CA = "GATEWAY_CA_BUNDLE"
 RUNS = [
     *(Run("boto3-sigv4", c, "http", "sigv4", operation="Converse") for c in (OLD, NEW)),
@@ -159,27 +171,48 @@ RUNS = [
         )
         for s in ("https", "http")
     ),
-    Run(
-        "langchain-pitfalls",
-        OLD,
-        "http",
-        "sigv4",
-        operation="Converse",
-        error=("NotImplementedError", "Provider claude-sonnet model does not support chat."),
-        prints=("True", "True", "1"),
+    *(
+        Run(
+            "langchain-pitfalls",
+            c,
+            "http",
+            "sigv4",
+            operation="Converse",
+            error=("NotImplementedError", "Provider claude-sonnet model does not support chat."),
+            prints=("True", "True", "1"),
+        )
+        for c in LANGCHAIN
     ),
-    Run("langchain-converse", OLD, "http", "sigv4", operation="ConverseStream", chunks=True),
-    Run(
-        "langchain-converse", OLD, "https", "sigv4", "AWS_CA_BUNDLE", "ConverseStream", chunks=True
+    *(
+        Run("langchain-converse", c, "http", "sigv4", operation="ConverseStream", chunks=True)
+        for c in LANGCHAIN
     ),
-    Run("langchain-converse-alias", OLD, "http", "sigv4", operation="ConverseStream", chunks=True),
-    Run(
-        "langchain-chatbedrock",
-        OLD,
-        "http",
-        "sigv4",
-        operation="InvokeModelWithResponseStream",
-        chunks=True,
+    *(
+        Run(
+            "langchain-converse",
+            c,
+            "https",
+            "sigv4",
+            "AWS_CA_BUNDLE",
+            "ConverseStream",
+            chunks=True,
+        )
+        for c in LANGCHAIN
+    ),
+    *(
+        Run("langchain-converse-alias", c, "http", "sigv4", operation="ConverseStream", chunks=True)
+        for c in LANGCHAIN
+    ),
+    *(
+        Run(
+            "langchain-chatbedrock",
+            c,
+            "http",
+            "sigv4",
+            operation="InvokeModelWithResponseStream",
+            chunks=True,
+        )
+        for c in LANGCHAIN
     ),
     Run("js-sigv4", NODE, "http", "sigv4", operation="Converse"),
     Run("js-sigv4", NODE, "https", "sigv4", "NODE_EXTRA_CA_CERTS", "Converse"),
@@ -261,8 +294,9 @@ def test_recipe(
         outcome = run_node(code, env, tmp_path)
     else:
         assert language == "python"
-        newest = run.client == NEW
-        interpreter = request.getfixturevalue("python") if newest else Path(sys.executable)
+        venvs = {NEW: "python", LANGCHAIN[1]: "langchain_python"}
+        fixture = venvs.get(run.client)
+        interpreter = request.getfixturevalue(fixture) if fixture else Path(sys.executable)
         outcome = run_python(interpreter, code, env, tmp_path)
 
     want = Counter({(run.tenant, run.operation, "success"): 1} if run.operation else {})
@@ -315,6 +349,10 @@ def test_the_versions_the_doc_names() -> None:
     assert "boto3==1.44.8" in pinned.splitlines()
     assert "| 1.44.8 (" in text
     assert f"| {version('langchain-aws')} (pinned" in text
+    newest = LANGCHAIN_REQUIREMENTS.read_text(encoding="utf-8").splitlines()
+    assert "boto3==1.44.8" in newest
+    assert "langchain-aws==1.9.1" in newest
+    assert "and 1.9.1 on botocore 1.44.8 (`tests/clients/requirements-langchain.txt`" in text
     lock = json.loads((JS / "package-lock.json").read_text(encoding="utf-8"))
     js = lock["packages"]["node_modules/@aws-sdk/client-bedrock-runtime"]["version"]
     assert f"`@aws-sdk/client-bedrock-runtime` {js} " in text
