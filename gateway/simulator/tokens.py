@@ -111,15 +111,21 @@ def input_tokens(operation: str, body: Mapping[str, Any]) -> int:
     return _messages_tokens(body)
 
 
+def _listed(value: Any) -> list[Any]:
+    """``value`` if it is a list, else nothing: a field of the wrong type counts no tokens (the
+    model's validation is what refuses it), where iterating it would fail (``"tools": true``)."""
+    return value if isinstance(value, list) else []
+
+
 # --- Anthropic Messages (InvokeModel) -------------------------------------------------
 
 
 def _messages_tokens(body: Mapping[str, Any]) -> int:
     total = _anthropic_content(body.get("system"))
-    for message in body.get("messages") or ():
+    for message in _listed(body.get("messages")):
         if isinstance(message, Mapping):
             total += MESSAGE_OVERHEAD + _anthropic_content(message.get("content"))
-    for tool in body.get("tools") or ():
+    for tool in _listed(body.get("tools")):
         if isinstance(tool, Mapping):
             total += _tool_tokens(
                 tool.get("name"), tool.get("description"), tool.get("input_schema")
@@ -171,13 +177,13 @@ def _tool_tokens(name: Any, description: Any, schema: Any) -> int:
 
 
 def _converse_tokens(body: Mapping[str, Any]) -> int:
-    total = sum(_converse_block(b) for b in body.get("system") or () if isinstance(b, Mapping))
-    for message in body.get("messages") or ():
+    total = sum(_converse_block(b) for b in _listed(body.get("system")) if isinstance(b, Mapping))
+    for message in _listed(body.get("messages")):
         if isinstance(message, Mapping):
             total += MESSAGE_OVERHEAD + _converse_content(message.get("content"))
     tool_config = body.get("toolConfig")
     tools = tool_config.get("tools") if isinstance(tool_config, Mapping) else None
-    for tool in tools or ():
+    for tool in _listed(tools):
         spec = tool.get("toolSpec") if isinstance(tool, Mapping) else None
         if isinstance(spec, Mapping):
             schema = spec.get("inputSchema")
