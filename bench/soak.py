@@ -5,9 +5,10 @@ token) and a rolling-minute quota of ``--tpm``; a private Redis; the gateway (Re
 ``--server``). Two open-loop loads from processes of their own, Converse and ConverseStream
 (read to the end) in equal parts, together offering ``--share`` of the quota in the quota
 tokens the gateway reserves per call. Every ``--every`` seconds it samples the gateway's RSS
-(its process tree), its open sockets, ``gateway_asyncio_tasks`` and the Redis key count; at the
-end it prints the samples and, after the warm-up, each series' first, last, min and max, and
-checks the simulator throttled nothing.
+(its process tree), its open sockets, ``gateway_asyncio_tasks`` and the Redis keys (the usage
+ledger's apart: it adds a hash per tenant and minute by design, each kept
+``usage.retain_minutes_h``); at the end it prints the samples and, after the warm-up, each
+series' first, last, min and max, and checks the simulator throttled nothing.
 
 Usage::
 
@@ -54,10 +55,14 @@ def scrape(url: str, name: str) -> float:
     return float("nan")
 
 
-def redis_keys(redis: RedisServer) -> int:
-    out = subprocess.run(["redis-cli", "-p", str(redis.port), "DBSIZE"], capture_output=True,
-                         text=True, check=True).stdout  # fmt: skip
-    return int(out.strip())
+def redis_keys(redis: RedisServer) -> tuple[int, int]:
+    """(every key, the usage ledger's): the ledger adds one hash per tenant and minute (and
+    per pool and hour) by design, each expiring after its retention (``usage:``)."""
+    cli = ["redis-cli", "-p", str(redis.port)]
+    total = subprocess.run([*cli, "DBSIZE"], capture_output=True, text=True, check=True)
+    usage = subprocess.run([*cli, "--scan", "--pattern", "*:usage:*"], capture_output=True,
+                           text=True, check=True)  # fmt: skip
+    return int(total.stdout.strip()), len(usage.stdout.split())
 
 
 def simulator_throttled(url: str) -> int:
@@ -132,7 +137,8 @@ def main() -> int:
             samples.append({"s": round(time.monotonic() - started), "rss_mb": rss_mb(pid),
                             "sockets": sockets(pid),
                             "tasks": scrape(url, "gateway_asyncio_tasks"),
-                            "redis_keys": redis_keys(redis)})  # fmt: skip
+                            "redis_keys": redis_keys(redis)[0] - redis_keys(redis)[1],
+                            "usage_keys": redis_keys(redis)[1]})  # fmt: skip
             time.sleep(args.every)
         results = [json.loads(load.communicate()[0].strip().splitlines()[-1]) for load in loads]
         throttled = simulator_throttled(upstream)
@@ -143,14 +149,17 @@ def main() -> int:
         print(f"  {body}: {result['calls']} answered, errors {result['errors']}, p50 "
               f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms")  # fmt: skip
     print(f"  simulator throttled {throttled}")
-    print("\n| s | RSS MB | sockets | asyncio tasks | Redis keys |\n|---:|---:|---:|---:|---:|")
+    print(
+        "\n| s | RSS MB | sockets | asyncio tasks | Redis keys (limiter, tenants) | usage "
+        "ledger keys |\n|---:|---:|---:|---:|---:|---:|"
+    )
     for s in samples:
         print(f"| {s['s']} | {s['rss_mb']:.1f} | {s['sockets']} | {s['tasks']:.0f} | "
-              f"{s['redis_keys']} |")  # fmt: skip
+              f"{s['redis_keys']} | {s['usage_keys']} |")  # fmt: skip
     steady = [s for s in samples if s["s"] >= args.warmup_s]
     if steady:
         print("\nafter the warm-up (first, last, min, max):")
-        for key in ("rss_mb", "sockets", "tasks", "redis_keys"):
+        for key in ("rss_mb", "sockets", "tasks", "redis_keys", "usage_keys"):
             values = [s[key] for s in steady]
             print(f"  {key}: {values[0]:.1f}, {values[-1]:.1f}, {min(values):.1f}, "
                   f"{max(values):.1f}")  # fmt: skip
