@@ -22,6 +22,9 @@ from gateway.config import GatewayConfig, LoggingConfig
 from gateway.shutdown import SERVER_TAIL_S
 
 _FACTORY = "gateway.api.app:app_from_env"  # each worker process builds its own app from it
+MAX_HEAD_BYTES = 64 * 1024
+"""A request's headers under uvicorn, and an HTTP/2 request's under granian (its HTTP/1 limit
+is its own, about 400 KiB)."""
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -37,7 +40,11 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "host": server.host,
         "port": server.port,
         # httptools, with limits on a request head's size and time (gateway/uvicorn_h1.py)
-        "http": functools.partial(BoundedHttpTools, head_timeout_s=server.request_read_timeout_s),
+        "http": functools.partial(
+            BoundedHttpTools,
+            head_timeout_s=server.request_read_timeout_s,
+            max_head_bytes=MAX_HEAD_BYTES,
+        ),
         "log_level": "warning",
         "access_log": False,  # the data plane logs one line per request itself
         # when the drain (gateway/shutdown.py) hands the stop over, it sets what is left
@@ -49,7 +56,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
 
 def granian_options(config: GatewayConfig) -> dict[str, Any]:
     from granian.constants import HTTPModes, Interfaces, Loops
-    from granian.http import HTTP1Settings
+    from granian.http import HTTP1Settings, HTTP2Settings
 
     server, tls = config.server, config.server.tls
     return {
@@ -57,10 +64,11 @@ def granian_options(config: GatewayConfig) -> dict[str, Any]:
         "port": server.port,
         "interface": Interfaces.ASGI,
         "http": HTTPModes.auto,  # HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN over TLS)
-        # a request head's time (its size: granian's own limit, docs/operations.md)
+        # a request head's time (HTTP/1; its size there is granian's own limit) and size (HTTP/2)
         "http1_settings": HTTP1Settings(
             header_read_timeout=math.ceil(server.request_read_timeout_s * 1000)
         ),
+        "http2_settings": HTTP2Settings(max_headers_size=MAX_HEAD_BYTES),
         "websockets": False,
         "workers": server.workers,
         "loop": Loops.uvloop,

@@ -3,7 +3,7 @@
 uvicorn neither limits the size of a request's headers nor the time they may take: a client
 could send megabytes of them, or dribble them a byte at a time (or send nothing at all) and
 hold the connection forever. This protocol allows a head ``head_timeout_s`` (from the
-connection's start, or the request's first byte on a kept-alive one), ``MAX_HEAD_BYTES`` and
+connection's start, or the request's first byte on a kept-alive one), ``max_head_bytes`` and
 ``MAX_HEADERS``, like granian's own HTTP/1 limits. Past the time or the size the client gets a
 Bedrock-shaped 408 or 400 and the connection is closed; past the count, uvicorn's own 400.
 
@@ -20,9 +20,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.errors import GatewayError, RequestTimeout, ValidationError, new_request_id, render
 
-MAX_HEAD_BYTES = 64 * 1024
-"""Request line and headers, in bytes (checked after each read from the socket, so a head may
-pass it by one read before it is refused)."""
 MAX_HEADERS = 100
 """Header fields per request, as granian (hyper) allows."""
 
@@ -32,9 +29,14 @@ class _TooManyHeaders(Exception):
 
 
 class BoundedHttpTools(HttpToolsProtocol):
-    def __init__(self, *args: Any, head_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, head_timeout_s: float, max_head_bytes: int, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.head_timeout_s = head_timeout_s
+        self.max_head_bytes = max_head_bytes
+        """Request line and headers, in bytes (checked after each read from the socket, so a
+        head may pass it by one read before it is refused)."""
         self._head_since: float | None = None
         """When the head being read began (None: no head is being read)."""
         self._head_bytes = 0
@@ -56,8 +58,8 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         # Counted once parsed: a read that completes the head may carry a large body too.
         self._head_bytes += len(data)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            limit = f"this gateway's limit of {MAX_HEAD_BYTES} bytes"
+        if self._head_bytes > self.max_head_bytes:
+            limit = f"this gateway's limit of {self.max_head_bytes} bytes"
             self._refuse(ValidationError(f"The request's headers are larger than {limit}."))
 
     def on_message_begin(self) -> None:

@@ -23,6 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 from hypothesis import given, settings
@@ -358,6 +361,85 @@ def test_wrong_content_type_with_a_json_body_is_forwarded(served: Served) -> Non
     needs the body to be JSON."""
     answer = exchange(served.process.port, [post(content_type=b"text/plain")])
     assert answer.status == 200, answer
+
+
+# ---- HTTP/2 (granian) ------------------------------------------------------------------------
+
+
+class H2:
+    """A cleartext HTTP/2 connection (prior knowledge) whose streams the test writes frame by
+    frame."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.conn = h2.connection.H2Connection(config)
+        self.conn.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def start(self, stream: int, length: int, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        self.conn.send_headers(stream, [
+            (":method", "POST"), (":path", "/model/claude-sonnet/invoke"), (":scheme", "http"),
+            (":authority", "gateway"), ("authorization", f"Bearer {BEARER}"),
+            ("content-type", "application/json"), ("content-length", str(length)), *extra,
+        ])  # fmt: skip
+        self.flush()
+
+    def send(self, stream: int, data: bytes, *, end: bool) -> None:
+        self.conn.send_data(stream, data, end_stream=end)
+        self.flush()
+
+    def answer(self, stream: int) -> Answer:
+        """The stream's response (status, headers, body), once it ends or is reset."""
+        started, headers, body = time.monotonic(), {}, b""
+        while True:
+            data = self.sock.recv(65536)
+            assert data, "the server closed the connection"
+            for event in self.conn.receive_data(data):
+                if getattr(event, "stream_id", None) != stream:
+                    continue
+                if isinstance(event, h2.events.ResponseReceived):
+                    headers = {k.decode(): v.decode() for k, v in event.headers}
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    self.conn.acknowledge_received_data(len(event.data), stream)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    self.flush()
+                    status = int(headers.pop(":status")) if ":status" in headers else None
+                    return Answer(status, headers, body, time.monotonic() - started)
+            self.flush()
+
+    def good(self, stream: int) -> Answer:
+        self.start(stream, len(GOOD_BODY))
+        self.send(stream, GOOD_BODY, end=True)
+        return self.answer(stream)
+
+
+def test_http2_a_stalled_body_times_out_its_stream_only(served: Served) -> None:
+    if served.mode == "h1":
+        pytest.skip("uvicorn serves HTTP/1.1 only")
+    client = H2(served.process.port)
+    client.start(1, len(GOOD_BODY) + 50)
+    client.send(1, GOOD_BODY, end=False)
+    answer = client.answer(1)
+    bedrock_4xx(answer, 408, "RequestTimeoutException")
+    assert "connection" not in answer.headers  # not allowed in HTTP/2
+    assert READ_TIMEOUT_S <= answer.elapsed < SLOW_BOUND_S, answer
+    assert client.good(3).status == 200  # the connection goes on
+
+
+def test_http2_headers_past_the_limit_are_refused(served: Served) -> None:
+    if served.mode == "h1":
+        pytest.skip("uvicorn serves HTTP/1.1 only")
+    client = H2(served.process.port)
+    client.start(1, len(GOOD_BODY), (("x-big", "a" * 100_000),))
+    client.send(1, GOOD_BODY, end=True)
+    answer = client.answer(1)
+    assert answer.status == 431, answer  # granian's own, for HTTP/2 past server.MAX_HEAD_BYTES
+    assert client.good(3).status == 200
 
 
 # ---- generated bodies ------------------------------------------------------------------------
