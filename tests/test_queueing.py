@@ -19,7 +19,7 @@ from gateway.errors import BudgetExhausted, Throttled, ValidationError
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.service import Limiter, Ticket
 from gateway.metrics import Metrics
-from gateway.queueing.dispatcher import Queues
+from gateway.queueing.dispatcher import Abandoned, Queues
 
 T0 = 1_800_000_000_000
 
@@ -213,3 +213,21 @@ async def test_closing_answers_every_waiter() -> None:
     for task in waiting:
         with pytest.raises(Throttled, match="shutting down"):
             await asyncio.wait_for(task, 1)
+
+
+async def test_a_waiter_whose_caller_leaves_is_taken_out_of_the_queue() -> None:
+    queues, limiter, routes = setup()
+    first = await blocked(queues, limiter, routes)
+    left = asyncio.Event()
+    leaving = asyncio.create_task(queues.admit("gone", "b", "m", routes, 100, max_wait_s=10,
+                                               batch=False, gone=left.wait))  # fmt: skip
+    staying = asyncio.create_task(admit(queues, routes, "stays", "b"))
+    await asyncio.sleep(0)
+    assert queues.depth("m") == 2
+    left.set()
+    with pytest.raises(Abandoned):
+        await leaving
+    assert queues.depth("m") == 1
+    await limiter.settle(first, 0)  # the capacity goes to the one still there
+    assert (await staying).plan.member == "stays"
+    await queues.close()

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from gateway import calibration, cost
-from gateway.api.asgi import Headers, Receive, Send
+from gateway.api.asgi import ClientDisconnected, Headers, Receive, Send
 from gateway.api.attempts import Answer, Attempts
 from gateway.api.streaming import StreamCall, forward_stream
 from gateway.auth import Tenant
@@ -26,7 +27,7 @@ from gateway.limiter.core import Kind, Period
 from gateway.limiter.service import Bill, Limiter, Ticket
 from gateway.metrics import Metrics
 from gateway.pricing import PriceTable
-from gateway.queueing.dispatcher import Queues
+from gateway.queueing.dispatcher import Abandoned, Queues
 from gateway.streamtap import STREAM_OPERATIONS
 from gateway.upstream.client import UpstreamClient, UpstreamResponse
 from gateway.usage import usage_from_body, usage_from_headers
@@ -118,6 +119,13 @@ def true_input(usage: cost.Usage) -> int:
     return usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
 
 
+async def client_gone(receive: Receive) -> None:
+    """Returns once the client has hung up (its body was read: all that can come is the end
+    of the body and ``http.disconnect``)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 def _vendor(model: ModelSpec) -> str:
     return model.model_id.split(".", 1)[0]
 
@@ -194,10 +202,14 @@ class Calls:
             member = call.request_id if number == 1 else f"{call.request_id}.{number}"
             if number > 1:
                 call.outside_s += self._clock() - ended
-            ticket, queued_s = await self._queues.admit(
-                member, call.tenant.name, model.name, routes, reserved,
-                max_wait_s=wait_s, batch=call.batch, bill=bill,
-            )  # fmt: skip
+            try:
+                ticket, queued_s = await self._queues.admit(
+                    member, call.tenant.name, model.name, routes, reserved,
+                    max_wait_s=wait_s, batch=call.batch, bill=bill,
+                    gone=partial(client_gone, call.receive),
+                )  # fmt: skip
+            except Abandoned:  # nobody to answer: not sent upstream, nothing charged
+                raise ClientDisconnected from None
             call.queued_s += queued_s
             call.outside_s += queued_s
             self._metrics.waited(model.name, call.priority, queued_s)

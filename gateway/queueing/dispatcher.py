@@ -12,8 +12,9 @@ new arrival never jumps its own replica's queue.
 A head denied by its tenant's budget (not the pool's) parks its tenant's flow until its hint,
 so one tenant's exhausted budget does not block the others; the flow keeps its order and
 competes again, tagged afresh, when the hint comes due. Every waiter is answered by its
-deadline: admitted, or a ThrottlingException with a retry hint. Closing answers every waiter
-at once.
+deadline: admitted, or a ThrottlingException with a retry hint, unless its caller goes away
+first: then it leaves the queue (``Abandoned``) rather than be admitted and sent upstream for
+nobody. Closing answers every waiter at once.
 
 Each denial also reports the routes' windows, from which ``forecast.py`` tells when any waiter
 could be admitted, given the cost queued before it in fair order. Every hint the queue gives is
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.catalog import Route
@@ -45,6 +46,10 @@ from gateway.limiter.service import (
 from gateway.limiter.settled import SettledShare
 from gateway.queueing.fair import BATCH, INTERACTIVE, Entry, FairQueue
 from gateway.queueing.forecast import LET_IN_BIAS, REFUSE_BIAS, Capacity, refuse_on_arrival
+
+
+class Abandoned(Exception):
+    """The caller went away while its request waited; the request left the queue."""
 
 
 @dataclass(eq=False)
@@ -246,9 +251,12 @@ class Queues:
     async def admit(
         self, member: str, tenant: str, group: str, routes: tuple[Route, ...], reserved: int,
         *, max_wait_s: float, batch: bool, bill: Bill | None = None,
+        gone: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[Ticket, float]:  # fmt: skip
         """A ticket, and the seconds spent queued; raises Throttled past the deadline, and
-        BudgetExhausted at once for a tenant's spent day or month budget."""
+        BudgetExhausted at once for a tenant's spent day or month budget. ``gone`` returns
+        when the caller has left: watched only while the request waits, which then raises
+        Abandoned."""
         started = self.clock()
         state = self._groups.get(group)
         if state is None or not len(state.queue):
@@ -278,10 +286,13 @@ class Queues:
                 raise Throttled(_hopeless_message(denied, forecast, budget_s), forecast)
         future = asyncio.get_running_loop().create_future()
         waiter = Waiter(member, tenant, routes, reserved, future, denied, now + budget_s, bill)
-        ticket = await self._wait(state, waiter, budget_s, batch)
+        ticket = await self._wait(state, waiter, budget_s, batch, gone)
         return ticket, self.clock() - started
 
-    async def _wait(self, state: _Group, waiter: Waiter, budget_s: float, batch: bool) -> Ticket:
+    async def _wait(
+        self, state: _Group, waiter: Waiter, budget_s: float, batch: bool,
+        gone: Callable[[], Awaitable[None]] | None,
+    ) -> Ticket:  # fmt: skip
         entry = state.queue.push(
             waiter, tenant=waiter.tenant, weight=self.weights.get(waiter.tenant, 1.0),
             klass=BATCH if batch else INTERACTIVE, cost=waiter.reserved,
@@ -289,7 +300,7 @@ class Queues:
         state.start()
         try:
             async with asyncio.timeout(max(0.0, budget_s)):
-                return await asyncio.shield(waiter.future)
+                return await _admitted(waiter, gone)
         except TimeoutError:
             ahead = state.queue.ahead_of(entry) if entry.queued else 0
             state.queue.cancel(entry)
@@ -370,6 +381,24 @@ class Queues:
 
 
 _NO_SHARE = SettledShare()
+
+
+async def _admitted(waiter: Waiter, gone: Callable[[], Awaitable[None]] | None) -> Ticket:
+    """The waiter's ticket (or its refusal), unless ``gone`` returns first. The future is
+    never cancelled from outside: a deadline or a departure cancels it here, after which the
+    dispatcher refunds a ticket it was admitting in that instant (``hand_over``)."""
+    if gone is None:
+        return await asyncio.shield(waiter.future)
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait((waiter.future, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    if waiter.future.done():  # admitted or refused first, or in the same instant
+        return waiter.future.result()
+    waiter.future.cancel()
+    raise Abandoned
 
 
 def _hopeless_message(denied: Denied, forecast_ms: int, budget_s: float) -> str:

@@ -334,3 +334,27 @@ async def test_clients_leaving_mid_request_and_mid_stream(scenario: Scenario) ->
         kinds[1] * (MAX_TOKENS + 2 * INPUT),
     )
     assert low <= kept <= high
+
+
+async def test_clients_leaving_while_queued_are_not_sent_upstream(scenario: Scenario) -> None:
+    sim, gateways = start(scenario, 2, concurrency=2, queue={"max_wait_s": 20}, ttft_ms=1000)
+
+    def job(i: int) -> Job:  # four in five give up after 0.3 s, most of them while queued
+        return Job(body(i)) if i % 5 == 0 else Job(body(i), leave_after_s=0.3)
+
+    load = Load([g.url for g in gateways], scenario.keys["load"], job, RATE, 5.0)
+    seen = await run_load(load)
+    pool = await settled(sim, scenario.redis_url)
+    buckets = await read_buckets(scenario.redis_url)
+    async with aiohttp.ClientSession() as session:
+        counts = await gateway_counts(session, gateways)
+    report("gone while queued", load, buckets, pool, counts)
+
+    stayed = seen["200"]
+    left = seen["client left before the answer"]
+    assert (stayed, left) == (load.sent // 5, load.sent - load.sent // 5)
+    # Only the calls admitted before their clients left went upstream (once admitted, a call
+    # is answered upstream and settled on its usage); the others left the queue unserved.
+    assert counts.admissions == pool["admitted"] <= stayed + 0.3 * left
+    assert_consistent(buckets, pool, counts.admissions)
+    assert buckets.window == pool["tokens"]
