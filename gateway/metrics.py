@@ -353,7 +353,8 @@ class Metrics:
         self.admission_child(route, self.tenant(tenant)).inc()
 
     def throttled(self, reason: str, tenant: str) -> None:
-        self.denials.labels(_LIMITS.get(reason, "other")).inc()
+        """A denial by the limit named ``reason`` (a bucket's ``name``: ``tpm``, ``rpm``, …)."""
+        self.denials.labels(reason if reason in _LIMITS.values() else "other").inc()
 
     def settled(self, route: str, tenant: str, tokens: int, delta: int) -> None:
         self.settled_child(route, self.tenant(tenant)).inc(tokens)

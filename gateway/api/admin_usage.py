@@ -106,7 +106,9 @@ def usage_router(
         out = []
         for name, bucket, used in budgets:
             scale = MICROS_PER_USD if name == "monthly_spend_usd" else 1
-            resets = None if bucket.kind == Kind.WINDOW else period_end_ms(now_ms, bucket.a) / 1000
+            resets = (
+                None if bucket.kind == Kind.WINDOW else period_end_ms(now_ms, bucket.period) / 1000
+            )
             out.append(BudgetUsage(name=name, limit=bucket.limit / scale, used=used / scale,
                                    remaining=max(0, bucket.limit - used) / scale,
                                    resets_at=resets))  # fmt: skip

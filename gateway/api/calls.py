@@ -87,11 +87,11 @@ def rate_limit_headers(ticket: Ticket) -> Headers:
     if remaining is None or not ticket.plan.common or ticket.plan.common[0].spend:
         return []
     bucket = ticket.plan.common[0].bucket
-    name = bucket.key.rsplit(":", 1)[1]
+    name = bucket.name
     if bucket.kind == Kind.WINDOW:
-        window = (bucket.b - 1) * bucket.a // 1000
+        window = (bucket.span - 1) * bucket.slot_ms // 1000
     else:
-        window = 86_400 if bucket.a == Period.DAY else 2_592_000
+        window = 86_400 if bucket.period == Period.DAY else 2_592_000
     return [
         (b"ratelimit-policy", f'"{name}";q={bucket.limit};w={window}'.encode()),
         (b"ratelimit", f'"{name}";r={remaining}'.encode()),

@@ -39,30 +39,56 @@ class Period(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """One limit on one key. ``a``/``b``: window → slot_ms, span; period → Period; leases →
-    ttl_ms."""
+    """One limit on one key. ``step`` and ``span`` are what the scripts are given: a window's
+    slot length (ms) and the slots it spans, a period's ``Period``, a lease's lifetime (ms);
+    read them by those names (``slot_ms``, ``period``, ``ttl_ms``). ``name`` is the config
+    field the limit comes from (``tpm``, ``rpm``, ``tokens_per_day``, ``tokens_per_month``,
+    ``max_concurrency``, ``monthly_spend_usd``), ``owner`` whose it is (``tenant 'search'``, a
+    pool), ``label`` both in words, for messages."""
 
     key: str
     kind: Kind
     limit: int
-    a: int = 0
-    b: int = 0
+    step: int = 0
+    span: int = 0
     label: str = ""
+    name: str = ""
+    owner: str = ""
+
+    @property
+    def slot_ms(self) -> int:
+        """A window's slot length."""
+        return self.step
+
+    @property
+    def period(self) -> Period:
+        """A period bucket's calendar period."""
+        return Period(self.step)
+
+    @property
+    def ttl_ms(self) -> int:
+        """How long a lease lives unless released."""
+        return self.step
 
 
 def window_bucket(
-    key: str, limit: int, *, window_ms: int, slot_ms: int, margin_ms: int, label: str
-) -> Bucket:
+    key: str, limit: int, *, window_ms: int, slot_ms: int, margin_ms: int, label: str,
+    name: str = "", owner: str = "",
+) -> Bucket:  # fmt: skip
     span = -(-(window_ms + margin_ms) // slot_ms) + 1
-    return Bucket(key, Kind.WINDOW, limit, slot_ms, span, label)
+    return Bucket(key, Kind.WINDOW, limit, slot_ms, span, label, name, owner)
 
 
-def period_bucket(key: str, limit: int, period: Period, *, label: str) -> Bucket:
-    return Bucket(key, Kind.PERIOD, limit, int(period), 0, label)
+def period_bucket(
+    key: str, limit: int, period: Period, *, label: str, name: str = "", owner: str = ""
+) -> Bucket:
+    return Bucket(key, Kind.PERIOD, limit, int(period), 0, label, name, owner)
 
 
-def lease_bucket(key: str, limit: int, *, ttl_ms: int, label: str) -> Bucket:
-    return Bucket(key, Kind.LEASES, limit, ttl_ms, 0, label)
+def lease_bucket(
+    key: str, limit: int, *, ttl_ms: int, label: str, name: str = "", owner: str = ""
+) -> Bucket:
+    return Bucket(key, Kind.LEASES, limit, ttl_ms, 0, label, name, owner)
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,9 +131,10 @@ class MemoryStore:
         for index in plan.watch:
             bucket = flat[index]
             state = self._state(bucket, now)
-            current = slot_of(now, bucket.a)
-            slots = tuple(state.slots.get(s, 0) for s in range(current - bucket.b + 1, current + 1))
-            views.append(WindowView(bucket.limit, bucket.a, bucket.b, slots))
+            current = slot_of(now, bucket.slot_ms)
+            slots = tuple(state.slots.get(s, 0)
+                          for s in range(current - bucket.span + 1, current + 1))  # fmt: skip
+            views.append(WindowView(bucket.limit, bucket.slot_ms, bucket.span, slots))
         return tuple(views)
 
     def _remaining(self, plan: Plan) -> int | None:
@@ -155,9 +156,9 @@ class MemoryStore:
     def _state(self, bucket: Bucket, now: int) -> _State:
         state = self._states.setdefault(bucket.key, _State())
         if bucket.kind == Kind.WINDOW:
-            _advance_window(state, slot_of(now, bucket.a), bucket.b)
+            _advance_window(state, slot_of(now, bucket.slot_ms), bucket.span)
         elif bucket.kind == Kind.PERIOD:
-            current = period_of(now, bucket.a)
+            current = period_of(now, bucket.period)
             if state.period != current:
                 state.period, state.total = current, 0
         else:
@@ -176,18 +177,18 @@ class MemoryStore:
         if state.total + cost <= bucket.limit:
             return 0
         if bucket.kind == Kind.PERIOD:
-            return period_end_ms(now, bucket.a) - now
+            return period_end_ms(now, bucket.period) - now
         return _window_wait(state, bucket, cost, now)
 
     def _add(self, charge: Charge, member: str, now: int) -> None:
         bucket = charge.bucket
         state = self._states[bucket.key]
         if bucket.kind == Kind.LEASES:
-            state.leases[member] = now + bucket.a
+            state.leases[member] = now + bucket.ttl_ms
             return
         state.total += charge.cost
         if bucket.kind == Kind.WINDOW:
-            slot = slot_of(now, bucket.a)
+            slot = slot_of(now, bucket.slot_ms)
             state.slots[slot] = state.slots.get(slot, 0) + charge.cost
 
     def settle_now(
@@ -202,7 +203,7 @@ class MemoryStore:
             elif change == 0:
                 continue
             elif bucket.kind == Kind.PERIOD:
-                if state.period == period_of(admitted.now_ms, bucket.a):
+                if state.period == period_of(admitted.now_ms, bucket.period):
                     state.total = max(0, state.total + change)
             else:
                 _correct_window(state, bucket, admitted.now_ms, change, now)
@@ -222,7 +223,7 @@ def _advance_window(state: _State, current: int, span: int) -> None:
 
 
 def _window_wait(state: _State, bucket: Bucket, cost: int, now: int) -> int:
-    slot_ms, span = bucket.a, bucket.b
+    slot_ms, span = bucket.slot_ms, bucket.span
     current = slot_of(now, slot_ms)
     need = state.total + cost - bucket.limit
     freed = 0
@@ -234,9 +235,9 @@ def _window_wait(state: _State, bucket: Bucket, cost: int, now: int) -> int:
 
 
 def _correct_window(state: _State, bucket: Bucket, admitted_ms: int, delta: int, now: int) -> None:
-    slot = slot_of(admitted_ms, bucket.a)
-    current = slot_of(now, bucket.a)
-    if slot > current - bucket.b and slot in state.slots:
+    slot = slot_of(admitted_ms, bucket.slot_ms)
+    current = slot_of(now, bucket.slot_ms)
+    if slot > current - bucket.span and slot in state.slots:
         old = state.slots[slot]
         new = max(0, old + delta)
         state.slots[slot] = new

@@ -52,7 +52,7 @@ def encode_admit(plan: Plan, now_ms: int | None) -> tuple[list[str], list[Any]]:
         for charge in group:
             bucket = charge.bucket
             keys.append(bucket.key)
-            specs += (int(bucket.kind), bucket.limit, charge.cost, bucket.a, bucket.b)
+            specs += (int(bucket.kind), bucket.limit, charge.cost, bucket.step, bucket.span)
     head: list[Any] = ["" if now_ms is None else now_ms, plan.member, len(groups)]
     watch = [len(plan.watch), *(i + 1 for i in plan.watch)]
     return keys, head + [len(g) for g in groups] + specs + watch
@@ -66,7 +66,7 @@ def encode_settle(
     args: list[Any] = ["" if now_ms is None else now_ms, member, admitted.now_ms, len(charges)]
     for charge in charges:
         bucket = charge.bucket
-        args += (int(bucket.kind), bucket.a, bucket.b, charge.delta(delta, spend))
+        args += (int(bucket.kind), bucket.step, bucket.span, charge.delta(delta, spend))
     for key, ttl_ms, fields in tally.counts if tally else ():
         keys.append(key)
         args += (ttl_ms, len(fields))
@@ -117,9 +117,9 @@ class RedisStore:
         views, at = [], 5
         for index in plan.watch:
             bucket = flat[index]
-            slots = tuple(int(v) for v in reply[at : at + bucket.b])
-            views.append(WindowView(bucket.limit, bucket.a, bucket.b, slots))
-            at += bucket.b
+            slots = tuple(int(v) for v in reply[at : at + bucket.span])
+            views.append(WindowView(bucket.limit, bucket.slot_ms, bucket.span, slots))
+            at += bucket.span
         used = int(reply[4])
         return Denied(None if wait < 0 else wait, flat[int(reply[2]) - 1], int(reply[3]),
                       tuple(views), None if used < 0 else used)  # fmt: skip
@@ -168,7 +168,7 @@ class RedisStore:
                            aimd.recovery_per_s, aimd.floor, aimd.cooldown_s, aimd.target,
                            aimd.hold_s]  # fmt: skip
         if window is not None:
-            args += (window.limit, window.a, window.b)
+            args += (window.limit, window.slot_ms, window.span)
         return _state(await self._call(self._adapt, keys, args))
 
     async def learned(self, key: str) -> dict[str, State]:
@@ -208,7 +208,7 @@ class RedisStore:
         shared windows (a rejoin after an outage, failover.py); the slots added."""
         args: list[Any] = ["" if now_ms is None else now_ms]
         for bucket, slots in windows:
-            args += (bucket.a, bucket.b, len(slots))
+            args += (bucket.slot_ms, bucket.span, len(slots))
             for slot, amount in slots.items():
                 args += (slot, amount)
         return int(await self._call(self._seed, [b.key for b, _ in windows], args))
@@ -245,7 +245,7 @@ class RedisStore:
         assert isinstance(reply, list)
         fields = dict(zip(reply[::2], reply[1::2], strict=True))
         if bucket.kind == core.Kind.PERIOD:
-            current = fields.get(b"p") == str(core.period_of(now, bucket.a)).encode()
+            current = fields.get(b"p") == str(core.period_of(now, bucket.period)).encode()
             return int(fields.get(b"t", 0)) if current else 0
-        first = now // bucket.a - bucket.b + 1
+        first = now // bucket.slot_ms - bucket.span + 1
         return sum(int(v) for f, v in fields.items() if f.isdigit() and int(f) >= first)

@@ -131,23 +131,28 @@ def _limits(
     requests: list[Bucket] = []
     if limits.get("tpm"):
         tokens.append(window_bucket(f"{key}:tpm", limits["tpm"] or 0, **window,
-                                    label=f"tokens per minute of {what}"))  # fmt: skip
+                                    label=f"tokens per minute of {what}", name="tpm",
+                                    owner=what))  # fmt: skip
     for name, period in (("tokens_per_day", Period.DAY), ("tokens_per_month", Period.MONTH)):
         if limits.get(name):
             label = f"tokens per {period.name.lower()} of {what}"
-            tokens.append(period_bucket(f"{key}:{name}", limits[name] or 0, period, label=label))
+            tokens.append(period_bucket(f"{key}:{name}", limits[name] or 0, period, label=label,
+                                        name=name, owner=what))  # fmt: skip
     if limits.get("rpm"):
         requests.append(window_bucket(f"{key}:rpm", limits["rpm"] or 0, **window,
-                                      label=f"requests per minute of {what}"))  # fmt: skip
+                                      label=f"requests per minute of {what}", name="rpm",
+                                      owner=what))  # fmt: skip
     if limits.get("max_concurrency"):
         requests.append(lease_bucket(f"{key}:conc", limits["max_concurrency"] or 0,
                                      ttl_ms=int(config.lease_ttl_s * 1000),
-                                     label=f"concurrent requests of {what}"))  # fmt: skip
+                                     label=f"concurrent requests of {what}",
+                                     name="max_concurrency", owner=what))  # fmt: skip
     spend = None
     if spend_usd:
         micros = max(1, round(spend_usd * MICROS_PER_USD))
         spend = period_bucket(f"{key}:spend_month", micros, Period.MONTH,
-                              label=f"spend per month of {what}")  # fmt: skip
+                              label=f"spend per month of {what}", name="monthly_spend_usd",
+                              owner=what)  # fmt: skip
     return _Limits(tuple(tokens), tuple(requests), limits.get("tpm"),
                    limits.get("tokens_per_day"), spend)  # fmt: skip
 
@@ -159,10 +164,14 @@ def pool_key(prefix: str, route: Route) -> str:
 def throttle_message(bucket: Bucket) -> str:
     if bucket.kind == Kind.LEASES:
         head = "Too many concurrent requests"
-    elif bucket.label.startswith("requests"):
+    elif bucket.name == "rpm":
         head = "Too many requests"
     elif bucket.kind == Kind.PERIOD:
-        head = "Too many tokens per day" if bucket.a == Period.DAY else "Too many tokens per month"
+        head = (
+            "Too many tokens per day"
+            if bucket.period == Period.DAY
+            else "Too many tokens per month"
+        )
     else:
         head = "Too many tokens"
     return f"{head}, please wait before trying again. (bedrock-gateway: {bucket.label})"
@@ -235,7 +244,7 @@ class Limiter:
         limits = self._tenants.get(name)
         if limits is None:
             return []
-        found = [(b.key.rsplit(":", 1)[1], b) for b in limits.tokens]
+        found = [(b.name, b) for b in limits.tokens]
         if limits.spend is not None:
             found.append(("monthly_spend_usd", limits.spend))
         return found
@@ -301,7 +310,7 @@ class Limiter:
         plan, eligible = self.plan(member, tenant, routes, reserved, bill)
         decision, store = await self._admit(plan)
         if isinstance(decision, Denied):
-            self._metrics.throttled(decision.bucket.label.split(" of ")[0], tenant)
+            self._metrics.throttled(decision.bucket.name, tenant)
             return decision
         route = eligible[decision.alternative - 1]
         self._metrics.admitted(route.label, tenant)
@@ -409,12 +418,12 @@ def budget_exhausted(denied: Denied) -> BudgetExhausted:
     """A tenant's spent day or month budget, said in full: which, its size, what was used, what
     this request needed, and when it resets."""
     bucket = denied.bucket
-    period = "day" if bucket.a == Period.DAY else "month"
-    resets = period_end_ms(denied.now_ms, bucket.a)
+    period = "day" if bucket.period == Period.DAY else "month"
+    resets = period_end_ms(denied.now_ms, bucket.period)
     when = dt.datetime.fromtimestamp(resets / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     used = denied.used or 0
-    tenant = bucket.label.rsplit(" of ", 1)[-1]
-    if bucket.key.endswith(":spend_month"):
+    tenant = bucket.owner
+    if bucket.name == "monthly_spend_usd":
         size, spent = usd(bucket.limit), usd(used)
         what = (
             f"The monthly spend budget of {tenant} ({size}) has no room for this request: "

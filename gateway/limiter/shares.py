@@ -37,7 +37,7 @@ class ShareStore(MemoryStore):
                 if bucket.key not in self._windows:
                     self._windows[bucket.key] = bucket
                 state = self._state(bucket, now)
-                slot = now // bucket.a
+                slot = now // bucket.slot_ms
                 state.slots[slot] = state.slots.get(slot, 0) + charge.cost
                 state.total += charge.cost
 
@@ -60,11 +60,11 @@ class ShareStore(MemoryStore):
         counted in the newest slot (the latest it can leave the window). Elsewhere the others
         are taken to hold within their shares (the rest of the whole quota)."""
         for key, (seen, bucket) in self._full.items():
-            if now - seen < bucket.a * bucket.b:
+            if now - seen < bucket.slot_ms * bucket.span:
                 state = self._state(bucket, now)
                 amount = bucket.limit - state.total - bucket.limit // replicas
                 if amount > 0:
-                    slot = now // bucket.a
+                    slot = now // bucket.slot_ms
                     state.slots[slot] = state.slots.get(slot, 0) + amount
                     state.total += amount
                     old_slot, old = self._others.get(key, (slot, 0))

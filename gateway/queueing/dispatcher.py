@@ -135,7 +135,7 @@ class _Group:
         return (
             bucket.kind == Kind.WINDOW
             and not self.owner.is_tenant_limit(bucket)
-            and (bucket.label.startswith("tokens"))
+            and bucket.name == "tpm"
         )
 
     def _rejudge(self, now: float) -> None:

@@ -83,9 +83,9 @@ class Redis:
             for slot, amount in slots.items():
                 self.store.settle_now(
                     Plan("", (Charge(bucket, 0, settles=True),)),
-                    Admitted(0, slot * bucket.a),
+                    Admitted(0, slot * bucket.slot_ms),
                     amount,
-                    slot * bucket.a,
+                    slot * bucket.slot_ms,
                 )
         return len(windows)
 
