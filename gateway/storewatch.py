@@ -15,7 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from gateway.limiter.core import Admitted, Bucket, Decision, Plan, Tally
-from gateway.limiter.redis_store import RedisStore, StoreUnavailable
+from gateway.limiter.redis_store import RedisStore
+from gateway.limiter.store import StoreUnavailable
 
 log = logging.getLogger("gateway.metrics")
 

@@ -16,6 +16,7 @@ from gateway.config import parse_config
 from gateway.limiter.adaptive import Aimd
 from gateway.limiter.learning import LearnedQuotas
 from gateway.limiter.memory import MemoryStore
+from gateway.limiter.store import Direct
 from gateway.metrics import Metrics
 from gateway.statuspage.history import BudgetWatch, PoolWatch, StatusHistory
 from tests.conftest import BEARER, SECRET, SONNET, gateway_settings, start_gateway
@@ -153,7 +154,7 @@ def history(clock: Clock, keep_s: float = 120.0) -> tuple[StatusHistory, Metrics
     )  # fmt: skip
     budgets = (BudgetWatch("team-a", "tokens_per_day", 100, lambda: used[0]),)
     learned = LearnedQuotas(Aimd(0.7, 0.002, 0.05, 5.0, 0.95, 60.0), None, "k")
-    status = StatusHistory(catalog, metrics, pools, lambda: budgets, learned, MemoryStore(),
+    status = StatusHistory(catalog, metrics, pools, lambda: budgets, learned, Direct(MemoryStore()),
                            backend="memory", on_store_failure="local", interval_s=5.0,
                            keep_s=keep_s, wall=clock)  # fmt: skip
     return status, metrics, used

@@ -18,6 +18,7 @@ from gateway.config import LimiterConfig, ModelConfig, TenantConfig
 from gateway.errors import BudgetExhausted, Throttled, ValidationError
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.service import Limiter, Ticket
+from gateway.limiter.store import Direct
 from gateway.metrics import Metrics
 from gateway.queueing.dispatcher import Abandoned, Queues
 
@@ -32,7 +33,7 @@ def setup(
         {"model_id": "m", "routes": [{"account": "x", "region": "us-east-1", "tpm": tpm}]}
     )
     configs = {name: TenantConfig.model_validate(t) for name, t in tenants.items()}
-    limiter = Limiter(LimiterConfig(), configs, MemoryStore(clock_ms=lambda: T0), Metrics())
+    limiter = Limiter(LimiterConfig(), configs, Direct(MemoryStore(clock_ms=lambda: T0)), Metrics())
     queues = Queues(
         limiter, max_depth=max_depth, recheck_s=5,
         weights={n: c.weight for n, c in configs.items()},

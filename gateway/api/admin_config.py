@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from gateway.api.admin import error_responses
-from gateway.limiter.redis_store import StoreUnavailable
+from gateway.limiter.store import StoreUnavailable
 from gateway.reload import Refused, Reloader
 from gateway.tenancy.errors import InvalidField, StoreDown
 from gateway.tenancy.model import AuditEntry

@@ -20,8 +20,8 @@ from gateway import quota_report
 from gateway.api.admin import error_responses
 from gateway.limiter import ledger
 from gateway.limiter.core import Bucket, Kind, period_end_ms
-from gateway.limiter.redis_store import StoreUnavailable
 from gateway.limiter.service import Limiter
+from gateway.limiter.store import StoreUnavailable
 from gateway.pricing import MICROS_PER_USD
 from gateway.tenancy.errors import NotFound, StoreDown
 

@@ -57,11 +57,12 @@ from gateway.errors import (
 )
 from gateway.limiter.adaptive import Aimd
 from gateway.limiter.calibrating import Calibrations
-from gateway.limiter.failover import FailoverStore, Store
+from gateway.limiter.failover import FailoverStore
 from gateway.limiter.learning import LearnedQuotas
 from gateway.limiter.memory import MemoryStore
-from gateway.limiter.redis_store import RedisStore, StoreUnavailable
+from gateway.limiter.redis_store import RedisStore
 from gateway.limiter.service import Limiter
+from gateway.limiter.store import Direct, Stores, StoreUnavailable
 from gateway.metrics import Metrics
 from gateway.pricing import PriceTable
 from gateway.queueing.dispatcher import Queues
@@ -91,7 +92,7 @@ class Parts:
     catalog: Catalog
     credentials: _Credentials
     upstream: UpstreamClient
-    store: FailoverStore | Store
+    store: Stores
     limiter: Limiter
     queues: Queues
     learned: LearnedQuotas
@@ -128,11 +129,9 @@ def _bedrock_error(error: GatewayError) -> Response:
     return Response(body, status, {k.decode(): v.decode() for k, v in headers})
 
 
-def open_store(
-    config: LimiterConfig, environ: Mapping[str, str], metrics: Metrics
-) -> FailoverStore | Store:
+def open_store(config: LimiterConfig, environ: Mapping[str, str], metrics: Metrics) -> Stores:
     if config.backend == "memory":
-        return MemoryStore()
+        return Direct(MemoryStore())
     url = environ.get(config.redis_url_env or "") or config.redis_url
     if not url:
         raise ConfigError(f"limiter.redis_url_env: environment variable {config.redis_url_env} "
@@ -147,10 +146,10 @@ def open_store(
     )
 
 
-async def limiter_state(store: FailoverStore | Store, on_failure: str) -> str:
+async def limiter_state(store: Stores, on_failure: str) -> str:
     """``ok``, ``degraded: …`` (serving on the local share) or the reason it cannot serve."""
     reachable = await store.ping()
-    if reachable and not (isinstance(store, FailoverStore) and store.degraded):
+    if reachable and not store.degraded:
         return "ok"
     if on_failure == "local":
         return "degraded: quota store unreachable, using this replica's local share"
@@ -399,13 +398,11 @@ def invalid_field(exc: RequestValidationError) -> InvalidField:
                         ".".join(where) or None)  # fmt: skip
 
 
-def _shared(store: FailoverStore | Store) -> RedisStore | None:
+def _shared(store: Stores) -> RedisStore | None:
     return shared_redis(store)
 
 
-def _calibrations(
-    config: GatewayConfig, store: FailoverStore | Store, metrics: Metrics
-) -> Calibrations:
+def _calibrations(config: GatewayConfig, store: Stores, metrics: Metrics) -> Calibrations:
     """Estimate calibration per configured model and body family, shared through Redis."""
     keys = [(name, fam) for name in config.models for fam in ("converse", "invoke")]
     calibrations: Calibrations
@@ -420,11 +417,9 @@ def _calibrations(
     return calibrations
 
 
-def _learned_quotas(
-    config: LimiterConfig, store: FailoverStore | Store, metrics: Metrics
-) -> LearnedQuotas:
+def _learned_quotas(config: LimiterConfig, store: Stores, metrics: Metrics) -> LearnedQuotas:
     """Learned quotas, shared through Redis when that is the store."""
-    primary = store.primary if isinstance(store, FailoverStore) else store
+    primary = store.primary
     shared = _shared(store)
     aimd = Aimd(config.learn_decrease, config.learn_recovery_per_s, config.learn_floor,
                 config.learn_cooldown_s, config.learn_target, config.learn_hold_s)  # fmt: skip

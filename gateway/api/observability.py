@@ -20,11 +20,11 @@ from gateway.auth import hash_key
 from gateway.catalog import Catalog
 from gateway.config import GatewayConfig
 from gateway.limiter.core import Bucket
-from gateway.limiter.failover import FailoverStore, Store
 from gateway.limiter.learning import LearnedQuotas
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.redis_store import RedisStore
 from gateway.limiter.service import Limiter
+from gateway.limiter.store import Stores
 from gateway.metrics import Metrics, pool_name
 from gateway.statuspage.history import BudgetWatch, StatusHistory
 from gateway.storewatch import BucketUsage, TimedStore
@@ -40,9 +40,9 @@ def upstream_health(config: GatewayConfig, catalog: Catalog) -> UpstreamHealth:
     })  # fmt: skip
 
 
-def shared_redis(store: FailoverStore | Store) -> RedisStore | None:
+def shared_redis(store: Stores) -> RedisStore | None:
     """The Redis store behind ``store``, if that is what it is."""
-    primary = store.primary if isinstance(store, FailoverStore) else store
+    primary = store.primary
     if isinstance(primary, TimedStore):
         return primary.inner
     return primary if isinstance(primary, RedisStore) else None
@@ -91,7 +91,7 @@ class Observability:
         return Response(body, media_type=content_type)
 
 
-def bucket_reader(store: FailoverStore | Store) -> Callable[[Bucket], Awaitable[int]]:
+def bucket_reader(store: Stores) -> Callable[[Bucket], Awaitable[int]]:
     """What a window or period bucket holds now, read from the shared store (or the memory
     store), without changing it; 0 from a store that cannot say."""
     shared = shared_redis(store)
@@ -99,13 +99,14 @@ def bucket_reader(store: FailoverStore | Store) -> Callable[[Bucket], Awaitable[
     async def read(bucket: Bucket) -> int:
         if shared is not None:
             return await shared.used(bucket)
-        return store.used(bucket) if isinstance(store, MemoryStore) else 0
+        primary = store.primary
+        return primary.used(bucket) if isinstance(primary, MemoryStore) else 0
 
     return read
 
 
 def observability(
-    config: GatewayConfig, catalog: Catalog, store: FailoverStore | Store, limiter: Limiter,
+    config: GatewayConfig, catalog: Catalog, store: Stores, limiter: Limiter,
     learned: LearnedQuotas, metrics: Metrics, health: UpstreamHealth,
 ) -> Observability:  # fmt: skip
     """The per-pool and per-tenant-budget gauges (usage read in the background), and the rest."""

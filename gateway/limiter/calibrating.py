@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from gateway import calibration
 from gateway.calibration import CalibrationPolicy, Histogram
-from gateway.limiter.redis_store import RedisStore, StoreUnavailable
+from gateway.limiter.store import SharedState, StoreUnavailable
 
 log = logging.getLogger("gateway.limiter")
 
@@ -40,7 +40,7 @@ class Calibrations:
         self,
         policy: CalibrationPolicy,
         keys: Iterable[Key],
-        shared: RedisStore | None,
+        shared: SharedState | None,
         prefix: str,
         *,
         refresh_s: float = 1.0,

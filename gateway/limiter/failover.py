@@ -41,45 +41,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol
 
 from gateway.errors import ServiceUnavailable
 from gateway.limiter import memory
 from gateway.limiter.core import Admitted, Bucket, Charge, Decision, Denied, Kind, Plan, Tally
-from gateway.limiter.redis_store import StoreUnavailable
 from gateway.limiter.shares import ShareStore
+from gateway.limiter.store import Seedable, Store, StoreUnavailable
 
 log = logging.getLogger("gateway.limiter")
-
-
-class Store(Protocol):
-    name: str
-
-    async def admit(self, plan: Plan, now_ms: int | None = None) -> Decision: ...
-
-    async def settle(
-        self,
-        plan: Plan,
-        admitted: Admitted,
-        delta: int,
-        now_ms: int | None = None,
-        *,
-        spend: int = 0,
-        tally: Tally | None = None,
-    ) -> None: ...
-
-    async def tallies(self, keys: list[str]) -> list[dict[str, int]]: ...
-
-    async def add_tally(self, tally: Tally) -> None: ...
-
-    async def ping(self) -> bool: ...
-
-    async def close(self) -> None: ...
-
-
-@runtime_checkable
-class Seedable(Protocol):
-    async def seed(self, windows: list[tuple[Bucket, dict[int, int]]]) -> int: ...
 
 
 class FailoverListener(Protocol):

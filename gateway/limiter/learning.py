@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from gateway.limiter.adaptive import Aimd, State
 from gateway.limiter.core import Bucket
-from gateway.limiter.redis_store import RedisStore, StoreUnavailable
+from gateway.limiter.store import SharedState, StoreUnavailable
 
 log = logging.getLogger("gateway.limiter")
 
@@ -29,7 +29,7 @@ class LearnedQuotas:
     def __init__(
         self,
         aimd: Aimd,
-        shared: RedisStore | None,
+        shared: SharedState | None,
         key: str,
         *,
         local_use: Callable[[Bucket], int] | None = None,

@@ -28,11 +28,8 @@ from gateway.limiter.core import (
     WindowView,
 )
 from gateway.limiter.resp import Address, ConnectionLost, Link, RespError
+from gateway.limiter.store import StoreUnavailable
 from gateway.limiter.topology import open_link, parse_topology
-
-
-class StoreUnavailable(Exception):
-    """The shared store did not answer; the limiter decides what that means."""
 
 
 def _lua(name: str) -> str:

@@ -36,9 +36,8 @@ from gateway.limiter.core import (
     period_end_ms,
     window_bucket,
 )
-from gateway.limiter.failover import FailoverStore, Store
 from gateway.limiter.ledger import Ledger
-from gateway.limiter.redis_store import StoreUnavailable
+from gateway.limiter.store import Store, Stores, StoreUnavailable
 from gateway.limiter.settled import SettledShare
 from gateway.pricing import MICROS_PER_USD, PriceTable
 
@@ -182,7 +181,7 @@ class Limiter:
         self,
         config: LimiterConfig,
         tenants: Mapping[str, TenantConfig],
-        store: FailoverStore | Store,
+        store: Stores,
         metrics: Metrics,
         usage: UsageConfig | None = None,
     ) -> None:
@@ -319,9 +318,7 @@ class Limiter:
         return Ticket(plan, decision, store, route, tenant, reserved, bill)
 
     async def _admit(self, plan: Plan) -> tuple[Decision, Store]:
-        if isinstance(self._store, FailoverStore):
-            return await self._store.admit(plan)
-        return await self._store.admit(plan), self._store
+        return await self._store.admit(plan)
 
     async def settle(
         self, ticket: Ticket, actual: int, usage: Usage | None = None, status: int = 200
@@ -354,12 +351,8 @@ class Limiter:
             if spend:
                 self._metrics.spent(ticket.tenant, bill.model, spend)
         spend_delta = spend - ticket.spend_reserved
-        if isinstance(self._store, FailoverStore):
-            await self._store.settle(ticket.store, ticket.plan, ticket.admitted, delta,
-                                     spend=spend_delta, tally=tally)  # fmt: skip
-        else:
-            await ticket.store.settle(ticket.plan, ticket.admitted, delta, spend=spend_delta,
-                                      tally=tally)  # fmt: skip
+        await self._store.settle(ticket.store, ticket.plan, ticket.admitted, delta,
+                                 spend=spend_delta, tally=tally)  # fmt: skip
         self._metrics.settled(ticket.route.label, ticket.tenant, actual, delta)
         if self.on_capacity is not None and (delta < 0 or ticket.route.max_concurrency):
             self.on_capacity(ticket.route)

@@ -29,9 +29,9 @@ from typing import Any
 
 from gateway.catalog import Catalog
 from gateway.config import GatewayConfig
-from gateway.limiter.failover import FailoverStore, Store
 from gateway.limiter.learning import LearnedQuotas
 from gateway.limiter.service import Limiter
+from gateway.limiter.store import Stores
 from gateway.metrics import Metrics, pool_name
 from gateway.storewatch import BucketUsage
 
@@ -96,7 +96,7 @@ class StatusHistory:
         pools: tuple[PoolWatch, ...],
         budgets: Callable[[], Iterable[BudgetWatch]],
         learned: LearnedQuotas,
-        store: FailoverStore | Store,
+        store: Stores,
         *,
         backend: str,
         on_store_failure: str,
@@ -140,7 +140,7 @@ class StatusHistory:
 
     @classmethod
     def watching(
-        cls, config: GatewayConfig, catalog: Catalog, store: FailoverStore | Store,
+        cls, config: GatewayConfig, catalog: Catalog, store: Stores,
         limiter: Limiter, learned: LearnedQuotas, metrics: Metrics, usage: BucketUsage,
         budgets: Callable[[], Iterable[BudgetWatch]],
     ) -> StatusHistory:  # fmt: skip
@@ -329,8 +329,7 @@ class StatusHistory:
 
     def _store_health(self) -> dict[str, Any]:
         store = self._store
-        degraded = isinstance(store, FailoverStore) and store.degraded
-        rejoining = isinstance(store, FailoverStore) and store.rejoining
+        degraded, rejoining = store.degraded, store.rejoining
         if self._backend == "memory":
             state = "ok: in-process store (quotas are not shared between replicas)"
         elif not degraded:

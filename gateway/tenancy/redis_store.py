@@ -15,8 +15,8 @@ import hashlib
 from importlib import resources
 from typing import Any
 
-from gateway.limiter.redis_store import StoreUnavailable
 from gateway.limiter.resp import ConnectionLost, Link, RespError
+from gateway.limiter.store import StoreUnavailable
 from gateway.limiter.topology import open_link
 from gateway.tenancy.model import AuditEntry, TenantRecord
 from gateway.tenancy.store import Snapshot, StaleRevision, Write

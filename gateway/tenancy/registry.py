@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from gateway.auth import Directory, Key, Tenant
-from gateway.limiter.redis_store import StoreUnavailable
+from gateway.limiter.store import StoreUnavailable
 from gateway.tenancy.model import AuditEntry, Credential, TenantRecord, TenantSpec, public_tenant
 from gateway.tenancy.secrets import SecretBox, Unsealable
 from gateway.tenancy.store import Snapshot, StaleRevision, TenantStore, Write

@@ -15,7 +15,7 @@ from typing import Literal, TypeVar
 
 import pydantic
 
-from gateway.limiter.redis_store import StoreUnavailable
+from gateway.limiter.store import StoreUnavailable
 from gateway.tenancy.errors import Conflict, InvalidField, NotFound, StoreDown
 from gateway.tenancy.model import (
     AuditEntry,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from gateway.config import ConfigError, GatewayConfig
-from gateway.limiter.redis_store import StoreUnavailable
+from gateway.limiter.store import StoreUnavailable
 from gateway.tenancy.model import TenantRecord, credentials_from_config, spec_from_config
 from gateway.tenancy.redis_store import RedisTenantStore
 from gateway.tenancy.registry import OnChange, TenantRegistry
