@@ -37,12 +37,14 @@ from gateway.limiter.core import (
     window_bucket,
 )
 from gateway.limiter.ledger import Ledger
-from gateway.limiter.store import Store, Stores, StoreUnavailable
 from gateway.limiter.settled import SettledShare
+from gateway.limiter.store import Store, Stores, StoreUnavailable
 from gateway.pricing import MICROS_PER_USD, PriceTable
 
 UNKNOWN_WAIT_MS = 1000
 REFUSALS_FLUSH_S = 1.0
+REPORT_BATCH = 100
+"""Quota-report hashes read per round trip (each up to ~1.4 KB)."""
 
 
 class Metrics(Protocol):
@@ -382,12 +384,18 @@ class Limiter:
         self, pools: list[tuple[str, str]], hours: range
     ) -> dict[tuple[str, str, int], dict[str, int]]:
         """The quota report's hashes of ``pools`` ((model, route label)) and of their models'
-        local refusals (route "") for ``hours``, in one pipelined read (raises
-        StoreUnavailable); a missing hash is absent."""
+        local refusals (route "") for ``hours`` (raises StoreUnavailable); a missing hash is
+        absent. Read ``REPORT_BATCH`` keys a round trip, one after the other: the connection
+        is the data plane's, and thousands of hashes at once could hold its calls past
+        ``limiter.timeout_s``."""
         models = sorted({model for model, _ in pools})
         wanted = [(m, r, h) for m, r in [*pools, *((m, "") for m in models)] for h in hours]
-        found = await self._store.tallies([self.ledger.report_key(*w) for w in wanted])
-        return {w: counters for w, counters in zip(wanted, found, strict=True) if counters}
+        found: dict[tuple[str, str, int], dict[str, int]] = {}
+        for at in range(0, len(wanted), REPORT_BATCH):
+            batch = wanted[at : at + REPORT_BATCH]
+            replies = await self._store.tallies([self.ledger.report_key(*w) for w in batch])
+            found.update((w, c) for w, c in zip(batch, replies, strict=True) if c)
+        return found
 
     async def ping(self) -> bool:
         return await self._store.ping()
