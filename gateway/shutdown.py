@@ -39,7 +39,7 @@ from collections.abc import Callable
 from types import CodeType
 from typing import Any
 
-from gateway.api.asgi import ClientDisconnected, Headers, Receive, Scope, Send, read_body
+from gateway.asgi import ClientDisconnected, Headers, Receive, Scope, Send, read_body
 from gateway.errors import GatewayError, ServiceUnavailable, new_request_id, render
 from gateway.metrics import Metrics
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from gateway.api.asgi import Headers
 from gateway.api.attempts import Answer, Attempts
+from gateway.asgi import Headers
 from gateway.catalog import Route
 from gateway.errors import ModelTimeout, ServiceUnavailable, Throttled
 from gateway.retry import RetryPolicy

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.api.asgi import SlowBodies
+from gateway.asgi import SlowBodies
 from gateway.config import ServerConfig
 from tests.conftest import BEARER, ENVIRON, gateway_settings
 from tests.servers import GatewayProcess, ServerThread

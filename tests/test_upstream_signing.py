@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway import sigv4
-from gateway.api.asgi import Receive, Scope, Send, read_body
+from gateway.asgi import Receive, Scope, Send, read_body
 from gateway.config import parse_config
 from gateway.simulator.events import event_frame
 from tests.conftest import (

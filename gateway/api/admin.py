@@ -27,7 +27,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Match
 
-from gateway.api.asgi import Receive, Scope, Send
+from gateway.asgi import Receive, Scope, Send
 from gateway.catalog import Catalog
 from gateway.errors import AccessDenied, GatewayError, new_request_id
 from gateway.limiter.calibrating import Calibrations

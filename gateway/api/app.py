@@ -33,7 +33,6 @@ from gateway.api.admin import (
 from gateway.api.admin_config import config_router
 from gateway.api.admin_tenants import tenants_router
 from gateway.api.admin_usage import usage_router
-from gateway.api.asgi import Receive, Scope, Send
 from gateway.api.attempts import Attempts
 from gateway.api.calls import Calls
 from gateway.api.dataplane import DataPlane
@@ -44,6 +43,7 @@ from gateway.api.observability import (
     shared_redis,
     upstream_health,
 )
+from gateway.asgi import Receive, Scope, Send
 from gateway.auth import Authenticator
 from gateway.catalog import Catalog, Route
 from gateway.config import ConfigError, GatewayConfig, LimiterConfig, load_config

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from gateway.api.asgi import Headers
+from gateway.asgi import Headers
 from gateway.catalog import Route
 from gateway.errors import ServiceUnavailable, Throttled
 from gateway.limiter.service import Ticket

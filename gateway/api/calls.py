@@ -16,9 +16,9 @@ from functools import partial
 from typing import Any
 
 from gateway import calibration, cost
-from gateway.api.asgi import ClientDisconnected, Headers, Receive, Send
 from gateway.api.attempts import Answer, Attempts
 from gateway.api.streaming import StreamCall, forward_stream
+from gateway.asgi import ClientDisconnected, Headers, Receive, Send
 from gateway.auth import Tenant
 from gateway.catalog import Catalog, ModelSpec, Route, Target
 from gateway.errors import NotSent, Throttled

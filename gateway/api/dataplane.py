@@ -22,7 +22,8 @@ from urllib.parse import unquote
 import orjson
 
 from gateway import logs
-from gateway.api.asgi import (
+from gateway.api.calls import Call, Calls
+from gateway.asgi import (
     ClientDisconnected,
     Headers,
     Message,
@@ -33,7 +34,6 @@ from gateway.api.asgi import (
     send_response,
     too_large,
 )
-from gateway.api.calls import Call, Calls
 from gateway.auth import Authenticator, Caller, RequestFacts
 from gateway.catalog import Catalog, Target
 from gateway.errors import (

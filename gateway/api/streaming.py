@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.api.asgi import Headers, Receive, Send, until_disconnect
+from gateway.asgi import Headers, Receive, Send, until_disconnect
 from gateway.cost import Estimate, Usage, charge
 from gateway.errors import GatewayError, InternalError, NotSent, ServiceUnavailable
 from gateway.limiter.service import Limiter, Ticket

@@ -1,10 +1,10 @@
-"""The few ASGI primitives the simulator needs beyond the gateway's own (gateway/api/asgi.py):
+"""The few ASGI primitives the simulator needs beyond the gateway's own (gateway/asgi.py):
 a header lookup, whole JSON responses, responses cut short, and answering the lifespan
 protocol."""
 
 from __future__ import annotations
 
-from gateway.api.asgi import ClientDisconnected, Receive, Scope, Send, read_body
+from gateway.asgi import ClientDisconnected, Receive, Scope, Send, read_body
 from gateway.errors import Headers
 
 __all__ = [

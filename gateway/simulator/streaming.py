@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 
-from gateway.api.asgi import until_disconnect
+from gateway.asgi import until_disconnect
 from gateway.errors import Headers
 from gateway.simulator.admission import Admitted, Sim, admit
 from gateway.simulator.asgi import Receive, Scope, Send

@@ -1,4 +1,6 @@
-"""Minimal ASGI request/response helpers for the data plane's hot path."""
+"""Minimal ASGI request/response helpers, shared by the gateway's data plane (its hot path) and
+the simulator: the message types, reading a bounded body, sending a whole response, and
+noticing a client that hangs up. Nothing here knows the gateway's own parts."""
 
 from __future__ import annotations
 
