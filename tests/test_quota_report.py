@@ -21,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from gateway import quota_report
 from gateway.auth import hash_key
@@ -185,9 +184,11 @@ def test_the_report_of_a_recorded_load(
     upstream: ServerThread, redis_server: RedisServer, make_client: ClientFactory,
     tmp_path: Any,
 ) -> None:  # fmt: skip
-    redis.Redis.from_url(redis_server.url).flushdb()
-    config = settings(upstream.url, limiter={"backend": "redis", "redis_url": redis_server.url},
-                      admin={"key_sha256": hash_key(ADMIN_KEY)})  # fmt: skip
+    # Keys of its own: Redis is the session's, and a gateway of another test still running on
+    # the default prefix would restore its own tenants (other budgets) into a flushed store.
+    limiter = {"backend": "redis", "redis_url": redis_server.url,
+               "key_prefix": "report" + os.urandom(3).hex()}  # fmt: skip
+    config = settings(upstream.url, limiter=limiter, admin={"key_sha256": hash_key(ADMIN_KEY)})
     gateway = start_gateway(parse_config(config))
     try:
         if time.time() % 60 > 45:  # the load takes a few seconds: keep it in one minute
