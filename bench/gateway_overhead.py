@@ -50,6 +50,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.http_clients import REQUEST_BODY, upstream_server
+from bench.suite import cpu_seconds
 from gateway import sigv4
 from gateway.limiter.redis_store import parse_redis_url
 from gateway.limiter.resp import Pipe
@@ -86,27 +87,6 @@ async def app(scope, receive, send):
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
             access_log=False)
 """
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and every live descendant (workers under a supervisor)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
-    total, todo = 0, [pid]
-    while todo:
-        current = todo.pop()
-        with contextlib.suppress(OSError):
-            fields = _stat(current)
-            total += int(fields[11]) + int(fields[12])
-        todo.extend(children.get(current, ()))
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def gateway_config(upstream_base: str, redis_url: str | None) -> dict[str, Any]:
