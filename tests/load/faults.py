@@ -174,6 +174,20 @@ async def read_buckets(redis_url: str) -> Buckets:
                    int(usage.get(f"q:{MODEL}", 0)))  # fmt: skip
 
 
+async def read_leases(redis_url: str) -> dict[str, int]:
+    """The pool's concurrency leases not yet lapsed: request id -> the Redis time (ms) it lapses."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=2, decode_responses=True)
+    try:
+        seconds, micros = await client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        keys = [key async for key in client.scan_iter(match="{bgw}:pool:*:conc")]
+        pool = keys[0] if keys else "{bgw}:pool:none:conc"
+        members: list[Any] = await client.zrangebyscore(pool, f"({now_ms}", "+inf", withscores=True)
+    finally:
+        await client.aclose()
+    return {member: int(score) for member, score in members}
+
+
 async def _window(client: aioredis.Redis, key: str, now_ms: int) -> tuple[int, int]:
     """(the sum of the slots still in the window, the running total) of a window bucket
     (slot_ms 250, span 60.5 s: the gateway's defaults)."""

@@ -22,6 +22,7 @@ Redis going away is tests/load/test_store_outage.py. Run with ``-s`` for the fig
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
@@ -42,6 +43,7 @@ from tests.load.faults import (
     gateway_counts,
     kill_replica,
     read_buckets,
+    read_leases,
     report,
     settled,
 )
@@ -240,14 +242,13 @@ async def test_a_replica_killed_mid_load_leaves_leases_that_lapse(scenario: Scen
     )  # fmt: skip
     urls = [g.url for g in gateways]
     load = Load(urls, scenario.keys["load"], lambda i: Job(body(i)), rate=20.0, duration_s=12.0)
-    samples: list[tuple[float, int, int]] = []  # (loop time, leases, in flight)
-    loop = asyncio.get_running_loop()
+    samples: list[tuple[int, int, dict[str, int]]] = []  # (ms, in flight, leases -> lapse ms)
 
     async def watch(session: aiohttp.ClientSession, until: asyncio.Event) -> None:
         while not until.is_set():
+            at = time.time_ns() // 1_000_000  # the clock Redis's TIME reads: the same host
             pool = (await sim_pools(session, sim.url)).get(MODEL_ID, {"in_flight": 0})
-            leases = (await read_buckets(scenario.redis_url)).leases
-            samples.append((loop.time(), leases, pool["in_flight"]))
+            samples.append((at, pool["in_flight"], await read_leases(scenario.redis_url)))
             await asyncio.sleep(0.05)
 
     async with aiohttp.ClientSession() as session:
@@ -257,7 +258,7 @@ async def test_a_replica_killed_mid_load_leaves_leases_that_lapse(scenario: Scen
         await asyncio.sleep(kill_at)  # the fault's moment in the load, not a wait for readiness
         await eventually(partial(busy, session, gateways[0]), 5, "gateway0 with calls in flight")
         kill_replica(gateways[0])
-        killed = loop.time()
+        killed = time.time_ns() // 1_000_000
         urls.remove(gateways[0].url)  # the load balancer stops sending to it
         seen = await asyncio.wait_for(runner, 60)
         done.set()
@@ -268,21 +269,35 @@ async def test_a_replica_killed_mid_load_leaves_leases_that_lapse(scenario: Scen
     report("sigkill", load, buckets, pool, counts)
 
     dead = buckets.requests - buckets.settled_calls  # admitted, never settled: its leases
-    held = [flight for t, _, flight in samples if 0.5 < t - killed < lease_ttl_s - 0.5]
-    after = [flight for t, _, flight in samples if lease_ttl_s + 0.5 < t - killed]
-    print(f"[sigkill] the dead replica's unsettled calls {dead}; simulator in flight at most "
-          f"{max(held)} while their leases held (max_concurrency {concurrency}), "
-          f"{max(after)} once they lapsed ({lease_ttl_s:g} s); leases at most "
-          f"{max(leases for _, leases, _ in samples)}")  # fmt: skip
+    # A lease the dead replica held is never released, so it is still there in the last second
+    # of its life; a survivor's lease lives as long as its call (~0.4 s of the 5 s).
+    orphans = {m: lapse for _, _, leases in samples for m, lapse in leases.items()
+               if any(m in later and at >= lapse - 1000 for at, _, later in samples)}  # fmt: skip
+    first_lapse, last_lapse = min(orphans.values()), max(orphans.values())
+
+    def live_orphans(at: int) -> int:  # the dead replica's leases that count at ``at``
+        return sum(1 for lapse in orphans.values() if lapse > at + 200)
+
+    after_kill = [(at, flight) for at, flight, _ in samples if at > killed + 500]
+    held = [flight for at, flight in after_kill if at + 200 < first_lapse]
+    after = [flight for at, flight in after_kill if at > last_lapse + 500]
+    print(f"[sigkill] the dead replica's unsettled calls {dead}, leases {len(orphans)} lapsing "
+          f"{first_lapse - killed} - {last_lapse - killed} ms after the kill; simulator in "
+          f"flight at most {max(held)} while they all held (max_concurrency {concurrency}), "
+          f"{max(after)} once they lapsed; leases at most "
+          f"{max(len(leases) for _, _, leases in samples)}")  # fmt: skip
     lost = seen["no answer (ServerDisconnectedError)"] + seen["no answer (ClientOSError)"]
     assert set(seen) <= {"200", "429 ThrottlingException", "no answer (ServerDisconnectedError)",
                          "no answer (ClientOSError)"}, seen  # fmt: skip
     assert 2 <= dead <= lost  # it died with calls in flight
+    assert len(orphans) == dead
     assert seen["200"] >= 0.5 * load.sent
-    assert max(leases for _, leases, _ in samples) <= concurrency
-    assert max(flight for _, _, flight in samples) <= concurrency  # never over-admitted
-    assert max(held) <= concurrency - dead  # the dead replica's leases still count...
-    assert max(after) == concurrency  # ...until they lapse: the survivors use them again
+    assert max(len(leases) for _, _, leases in samples) <= concurrency
+    assert max(flight for _, flight, _ in samples) <= concurrency  # never over-admitted
+    # The dead replica's leases still count until each lapses...
+    assert all(flight <= concurrency - live_orphans(at) for at, flight in after_kill)
+    assert max(held) <= concurrency - dead
+    assert max(after) == concurrency  # ...and then the survivors use them again
     assert pool["throttled"] == 0
     assert buckets.leases == 0
     assert pool["in_flight"] == 0
