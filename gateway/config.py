@@ -76,6 +76,11 @@ class ServerConfig(_Frozen):
     408 RequestTimeoutException and the connection is closed (docs/operations.md)."""
     shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 30.0
     """How long a stopping server lets in-flight requests finish."""
+    keep_alive_s: Annotated[float, Field(gt=0, le=3600)] = 75.0
+    """How long an idle HTTP/1.1 connection stays open under ``http: h1`` (granian keeps
+    them until the client closes). Keep it above the idle timeout of whatever sits in front
+    (an AWS load balancer's default is 60 s): then the balancer closes idle connections, and
+    never sends a request down one the gateway is closing (a 502 for the caller)."""
 
 
 class UpstreamConfig(_Frozen):

@@ -49,6 +49,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         "access_log": False,  # the data plane logs one line per request itself
         # when the drain (gateway/shutdown.py) hands the stop over, it sets what is left
         "timeout_graceful_shutdown": server.shutdown_grace_s,
+        "timeout_keep_alive": server.keep_alive_s,
         "ssl_certfile": tls.certfile if tls else None,
         "ssl_keyfile": tls.keyfile if tls else None,
     }

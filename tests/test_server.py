@@ -3,6 +3,7 @@ and TLS, several workers, graceful shutdown; and the HTTP/1.1-only uvicorn choic
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import time
@@ -127,7 +128,7 @@ def test_workers_finish_a_stream_in_flight_on_sigterm(
 def test_h1_serves_http1_only_with_uvicorn(
     simulator: ServerThread, make_client: ClientFactory
 ) -> None:
-    settings = gateway_settings(simulator.url, http="h1")
+    settings = gateway_settings(simulator.url, http="h1", keep_alive_s=1)
     with GatewayProcess(settings, ENVIRON) as gateway:
         reply = make_client(gateway.url).converse(
             modelId="claude-sonnet", messages=[{"role": "user", "content": [{"text": "hi"}]}]
@@ -135,3 +136,11 @@ def test_h1_serves_http1_only_with_uvicorn(
         assert reply["ResponseMetadata"]["HTTPStatusCode"] == 200
         with pytest.raises(httpx.HTTPError):
             stream_over_http2(gateway.url)
+        # an idle kept-alive connection is closed after server.keep_alive_s
+        port = int(gateway.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"GET /health/live HTTP/1.1\r\nhost: gateway\r\n\r\n")
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            answered = time.monotonic()
+            assert conn.recv(65536) == b""  # the gateway closed it
+            assert 0.9 <= time.monotonic() - answered < 5

@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         lifespan="on",
+        # An AWS endpoint keeps an idle connection far longer than the gateway's client does
+        # (aiohttp drops its own after 15 s); uvicorn's 5 s would race the gateway's reuse.
+        timeout_keep_alive=75,
     )
     return 0
 
