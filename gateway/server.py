@@ -47,6 +47,10 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
         ),
         "log_level": "warning",
         "access_log": False,  # the data plane logs one line per request itself
+        # Nothing reads the client's address, and the status page reads X-Forwarded-Proto
+        # itself: uvicorn's proxy-headers middleware would be a layer per request for nothing.
+        "proxy_headers": False,
+        "server_header": False,  # Bedrock sends none; no need to name the server
         # when the drain (gateway/shutdown.py) hands the stop over, it sets what is left
         "timeout_graceful_shutdown": server.shutdown_grace_s,
         "timeout_keep_alive": server.keep_alive_s,
@@ -56,7 +60,7 @@ def uvicorn_options(config: GatewayConfig) -> dict[str, Any]:
 
 
 def granian_options(config: GatewayConfig) -> dict[str, Any]:
-    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops, RuntimeModes
     from granian.http import HTTP1Settings, HTTP2Settings
 
     server, tls = config.server, config.server.tls
@@ -73,6 +77,10 @@ def granian_options(config: GatewayConfig) -> dict[str, Any]:
         "websockets": False,
         "workers": server.workers,
         "loop": Loops.uvloop,
+        # One Rust I/O thread per worker, beside its Python one: "auto" chose a multi-threaded
+        # runtime, whose hand-offs cost HTTP/1.1 callers ~12 % more CPU than uvicorn, st ~5 %
+        # (docs/benchmarks.md, HTTP/2 without the penalty).
+        "runtime_mode": RuntimeModes.st,
         "factory": True,
         "log_access": False,  # the data plane logs one line per request itself
         "log_dictconfig": _granian_logging(config),
