@@ -11,7 +11,8 @@ alike; it also calls the simulator directly, the baseline for added latency.
 
 Per variant (medians over rounds): throughput; p50 / p90 / p99 latency; p50 added over the
 direct call; server CPU per request, user + system summed over the server's process tree
-(granian serves from workers under a supervisor), and as a multiple of the passthrough's;
+(granian serves from workers under a supervisor), with the range of the rounds, and as a
+multiple of the passthrough's in the same round (the median and range of those ratios);
 EVALSHA calls per request (the round trips of admission and settlement) and every Redis
 command per request (``total_commands_processed``, which counts the commands the Lua scripts
 run too), and redis-server's own CPU per request;
@@ -255,17 +256,22 @@ def summarize(variants: list[Variant]) -> list[dict[str, Any]]:
     direct = next((v for v in variants if v.pid is None), None)
     passthrough = next((v for v in variants if v.name.startswith("passthrough")), None)
     floor_p50 = _median(direct.runs, "p50_ms") if direct else None
-    floor_cpu = _median(passthrough.runs, "cpu_ms") if passthrough else None
+    floor_cpus = [r.get("cpu_ms") for r in passthrough.runs] if passthrough else []
     rows = []
     for v in variants:
         cpu, p50 = _median(v.runs, "cpu_ms"), _median(v.runs, "p50_ms")
+        cpus = [r["cpu_ms"] for r in v.runs if "cpu_ms" in r]
+        # each round against the passthrough's in the same round: the drift cancels out
+        ratios = [r["cpu_ms"] / f for r, f in zip(v.runs, floor_cpus, strict=False)
+                  if "cpu_ms" in r and f]  # fmt: skip
         rss = [r["rss_mb"] for r in v.runs if "rss_mb" in r]
         rows.append({
             "variant": v.name, "rps": _median(v.runs, "rps"), "p50_ms": p50,
             "p90_ms": _median(v.runs, "p90_ms"), "p99_ms": _median(v.runs, "p99_ms"),
             "added_p50_ms": None if floor_p50 is None or p50 is None else p50 - floor_p50,
-            "cpu_ms": cpu,
-            "cpu_vs_passthrough": None if cpu is None or not floor_cpu else cpu / floor_cpu,
+            "cpu_ms": cpu, "cpu_ms_range": (min(cpus), max(cpus)) if cpus else None,
+            "cpu_vs_passthrough": statistics.median(ratios) if ratios else None,
+            "cpu_vs_passthrough_range": (min(ratios), max(ratios)) if ratios else None,
             "evalsha": _median(v.runs, "evalsha"),
             "redis_commands": _median(v.runs, "redis_commands"),
             "redis_cpu_us": _median(v.runs, "redis_cpu_us"),
@@ -284,15 +290,25 @@ def _cell(value: Any, digits: int = 2) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _spread(value: float | None, bounds: tuple[float, float] | None, digits: int) -> str:
+    """``0.850 (0.83-0.87)``: a median and the range of the rounds."""
+    if value is None or bounds is None:
+        return "-"
+    low, high = bounds
+    return f"{value:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| variant | req/s | p50 ms | p90 ms | p99 ms | added p50 ms | CPU ms/req | "
-             "× passthrough | EVALSHA/req | Redis cmds/req | Redis CPU µs/req | RSS MB | "
-             "errors |", "|---|" + "---:|" * 12]  # fmt: skip
+    lines = ["| variant | req/s | p50 ms | p90 ms | p99 ms | added p50 ms | CPU ms/req (range) | "
+             "× passthrough (range) | EVALSHA/req | Redis cmds/req | Redis CPU µs/req | "
+             "RSS MB | errors |", "|---|" + "---:|" * 12]  # fmt: skip
     for r in rows:
         lines.append("| " + " | ".join([
             r["variant"], _cell(r["rps"], 0), _cell(r["p50_ms"]), _cell(r["p90_ms"]),
-            _cell(r["p99_ms"]), _cell(r["added_p50_ms"]), _cell(r["cpu_ms"], 3),
-            _cell(r["cpu_vs_passthrough"]), _cell(r["evalsha"]), _cell(r["redis_commands"]),
+            _cell(r["p99_ms"]), _cell(r["added_p50_ms"]),
+            _spread(r["cpu_ms"], r["cpu_ms_range"], 3),
+            _spread(r["cpu_vs_passthrough"], r["cpu_vs_passthrough_range"], 2),
+            _cell(r["evalsha"]), _cell(r["redis_commands"]),
             _cell(r["redis_cpu_us"], 0), _cell(r["rss_mb_first_last"]), str(r["errors"]),
         ]) + " |")  # fmt: skip
     return "\n".join(lines)
