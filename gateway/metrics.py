@@ -108,7 +108,8 @@ class Metrics:
         self.requests = Counter(
             "gateway_requests",
             "Data-plane requests answered, by tenant, model, route that answered ('none' if "
-            "no route was admitted), operation and outcome.",
+            "no route was admitted), operation and outcome (client_gone: the caller left "
+            "before its answer, or its body broke off).",
             ["tenant", "model", "route", "operation", "outcome"], registry=r,
         )  # fmt: skip
         self.duration = Histogram(

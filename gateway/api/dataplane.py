@@ -72,6 +72,11 @@ _ERROR_OUTCOMES: tuple[tuple[type[GatewayError], str], ...] = (
 _UPSTREAM_OUTCOMES = {403: "denied", 408: "upstream_timeout", 429: "upstream_throttled"}
 
 
+CLIENT_GONE = 499
+"""The access log's status for a request whose client left before its answer, or whose body
+broke off (nginx's code for a client that closed the request)."""
+
+
 def error_outcome(error: GatewayError) -> str:
     """The ``outcome`` label of an error the gateway answered itself."""
     for kind, outcome in _ERROR_OUTCOMES:
@@ -204,6 +209,7 @@ class DataPlane:
             incomplete = ValidationError("The request body ended before it was complete.")
             with contextlib.suppress(Exception):
                 await send_response(send, *_closing(scope, render(incomplete, request_id)))
+            self._ended(outcome, request_id, CLIENT_GONE, "client_gone", started)
             return
         except asyncio.CancelledError:
             # The server is stopping and gave up waiting for this request: still answer it
@@ -232,11 +238,16 @@ class DataPlane:
                 reply = _closing(scope, reply)
             status, headers, body = reply
             await send_response(send, status, headers, body)
+        self._ended(outcome, request_id, status, outcome.kind or upstream_outcome(status), started)
+
+    def _ended(
+        self, outcome: _Outcome, request_id: str, status: int, kind: str, started: float
+    ) -> None:
+        """Count the request and write its access-log line."""
         elapsed = time.perf_counter() - started
         overhead = None if outcome.outside_s is None else elapsed - outcome.outside_s
         self._metrics.request(outcome.tenant, outcome.model, outcome.route, outcome.operation,
-                              outcome.kind or upstream_outcome(status), elapsed,
-                              overhead)  # fmt: skip
+                              kind, elapsed, overhead)  # fmt: skip
         if self._access_log:
             logs.access(outcome.fields(request_id, status, elapsed, overhead))
 

@@ -204,16 +204,19 @@ class Counts:
     admissions: int
     upstream_errors: dict[str, float]
     retries: dict[str, float]
+    outcomes: dict[str, float]
+    """``gateway_requests_total`` by outcome."""
 
 
 async def gateway_counts(session: aiohttp.ClientSession, gateways: list[Process]) -> Counts:
-    admissions, errors, retries = 0, Counter[str](), Counter[str]()
+    admissions, errors, retries, outcomes = 0, Counter[str](), Counter[str](), Counter[str]()
     for gateway in gateways:
         exposition = await get_text(session, f"{gateway.url}/metrics")
         admissions += int(metric(exposition, "gateway_admissions_total"))
         errors.update(labelled(exposition, "gateway_upstream_errors_total", "error"))
         retries.update(labelled(exposition, "gateway_retries_total", "reason"))
-    return Counts(admissions, dict(errors), dict(retries))
+        outcomes.update(labelled(exposition, "gateway_requests_total", "outcome"))
+    return Counts(admissions, dict(errors), dict(retries), dict(outcomes))
 
 
 async def busy(session: aiohttp.ClientSession, gateway: Process, calls: int = 2) -> bool:

@@ -373,3 +373,7 @@ async def test_clients_leaving_while_queued_are_not_sent_upstream(scenario: Scen
     assert counts.admissions == pool["admitted"] <= stayed + 0.3 * left
     assert_consistent(buckets, pool, counts.admissions)
     assert buckets.window == pool["tokens"]
+    # Each one that left the queue is counted once as client_gone; those admitted first were
+    # answered (to nobody) and count as what Bedrock said.
+    assert counts.outcomes.get("client_gone", 0) == left - (counts.admissions - stayed)
+    assert counts.outcomes.get("success", 0) == counts.admissions
