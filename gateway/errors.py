@@ -89,14 +89,21 @@ class InternalError(GatewayError):
 
 
 class Throttled(GatewayError):
-    """No capacity now. ``retry_after_ms`` is when the request could be admitted."""
+    """No capacity now. ``retry_after_ms`` is when the request could be admitted.
+
+    What refused it, for the metrics: ``limit`` the config field of the limit (``tpm``,
+    ``rpm``, ``max_concurrency``, …) or the queue's condition (``queue_full``, ``draining``),
+    ``pool`` the pool's name ("" for a tenant's own limit), ``reason`` how the refusal came
+    (``no_capacity``, ``queue_timeout``, ``hopeless``, ``queue_full``, ``draining``)."""
 
     error_type = "ThrottlingException"
     status = 429
 
-    def __init__(self, message: str, retry_after_ms: int) -> None:
+    def __init__(self, message: str, retry_after_ms: int, *, limit: str = "other",
+                 pool: str = "", reason: str = "no_capacity") -> None:  # fmt: skip
         super().__init__(message)
         self.retry_after_ms = max(0, int(retry_after_ms))
+        self.limit, self.pool, self.reason = limit, pool, reason
 
     def extra_headers(self) -> Headers:
         # botocore >= 1.44 reads x-amz-retry-after (ms); the Anthropic SDK reads
@@ -118,9 +125,10 @@ class BudgetExhausted(GatewayError):
     error_type = "ServiceQuotaExceededException"
     status = 400
 
-    def __init__(self, message: str, resets_at_ms: int) -> None:
+    def __init__(self, message: str, resets_at_ms: int, *, limit: str = "other") -> None:
         super().__init__(message)
         self.resets_at_ms = resets_at_ms
+        self.limit, self.pool, self.reason = limit, "", "budget_exhausted"
 
     def extra_headers(self) -> Headers:
         resets = str(self.resets_at_ms // 1000).encode()

@@ -20,45 +20,22 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.catalog import Route
 from gateway.cost import Usage
+from gateway.errors import BudgetExhausted, Throttled
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 _STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
-_LIMITS = {"tokens per minute": "tpm", "requests per minute": "rpm",
-           "tokens per day": "tokens_per_day", "tokens per month": "tokens_per_month",
-           "concurrent requests": "max_concurrency",
-           "spend per month": "monthly_spend_usd"}  # fmt: skip
-"""A bucket label's head (``gateway.limiter.service``) → the config field of that limit."""
+_LIMITS = frozenset({"tpm", "rpm", "tokens_per_day", "tokens_per_month", "max_concurrency",
+                     "monthly_spend_usd", "queue_full", "draining"})  # fmt: skip
+"""The ``limit`` label's values: the config field of the limit that refused, or the queue's
+condition; anything else is "other"."""
 
 
 def pool_name(route: Route) -> str:
     """The ``pool`` label: account/region/scope/base model, as the limiter's messages say it."""
     return f"{route.account}/{route.region}/{route.scope}/{route.base_model}"
-
-
-def refusal(message: str, pools: frozenset[str]) -> tuple[str, str, str]:
-    """(limit, pool, reason) of a gateway ThrottlingException, from the marker every local
-    refusal ends with: ``(bedrock-gateway: <bucket label>[, …|; …])`` or a queue condition.
-    ``pool`` is "" for a tenant's own budget; anything unknown is "other", never raw text."""
-    marker = message.rpartition("(bedrock-gateway: ")[2]
-    if marker.startswith("queue full"):
-        return "queue_full", "", "queue_full"
-    if marker.startswith("draining"):
-        return "draining", "", "draining"
-    reason = "no_capacity"
-    if "has no room for this request" in message:
-        reason = "budget_exhausted"
-    elif "still at capacity after" in marker:
-        reason = "queue_timeout"
-    elif "the requests queued ahead" in marker:
-        reason = "hopeless"
-    label = marker.split(",", 1)[0].split(";", 1)[0].rstrip(")")
-    head, _, owner = label.partition(" of ")
-    limit = _LIMITS.get(head, "other")
-    pool = owner[5:] if owner.startswith("pool ") else ""
-    return limit, (pool if pool in pools or not pool else "other"), reason
 
 
 def _version() -> str:
@@ -318,9 +295,12 @@ class Metrics:
     def spent(self, tenant: str, model: str, micros: int) -> None:
         self.spend_child(self.tenant(tenant), model).inc(micros / 1_000_000)
 
-    def refused(self, tenant: str, model: str, priority: str, message: str) -> None:
-        """One local ThrottlingException the client gets: counted once per request."""
-        limit, pool, reason = refusal(message, self.pools)
+    def refused(self, tenant: str, model: str, priority: str,
+                error: Throttled | BudgetExhausted) -> None:  # fmt: skip
+        """One local refusal the client gets: counted once per request."""
+        limit = error.limit if error.limit in _LIMITS else "other"
+        pool = error.pool if not error.pool or error.pool in self.pools else "other"
+        reason = error.reason
         self.throttles.labels(self.tenant(tenant), model, limit, pool).inc()
         self.queue_refusals.labels(model, pool, priority, reason).inc()
 
@@ -355,7 +335,7 @@ class Metrics:
 
     def throttled(self, reason: str, tenant: str) -> None:
         """A denial by the limit named ``reason`` (a bucket's ``name``: ``tpm``, ``rpm``, …)."""
-        self.denials.labels(reason if reason in _LIMITS.values() else "other").inc()
+        self.denials.labels(reason if reason in _LIMITS else "other").inc()
 
     def settled(self, route: str, tenant: str, tokens: int, delta: int) -> None:
         self.settled_child(route, self.tenant(tenant)).inc(tokens)

@@ -13,6 +13,7 @@ import pytest
 from gateway.auth import hash_key
 from gateway.catalog import Catalog
 from gateway.config import parse_config
+from gateway.errors import Throttled
 from gateway.limiter.adaptive import Aimd
 from gateway.limiter.learning import LearnedQuotas
 from gateway.limiter.memory import MemoryStore
@@ -168,12 +169,8 @@ def test_each_point_counts_the_minute_before_it() -> None:
         clock.now += 5
         metrics.admitted(ROUTE, "team-a")
         status.record()
-    metrics.refused(
-        "team-a",
-        "claude-sonnet",
-        "interactive",
-        f"Too many requests (bedrock-gateway: requests per minute of pool {POOL})",
-    )
+    metrics.refused("team-a", "claude-sonnet", "interactive",
+                    Throttled("Too many requests", 1000, limit="rpm", pool=POOL))  # fmt: skip
     used[0] = 250
     clock.now += 1
     data = status.snapshot()

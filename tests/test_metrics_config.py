@@ -13,6 +13,8 @@ import pytest
 from gateway.auth import hash_key
 from gateway.catalog import Route
 from gateway.config import parse_config
+from gateway.errors import BudgetExhausted, Throttled
+from gateway.metrics import Metrics
 from gateway.simulator.app import create_simulator_app
 from gateway.simulator.config import SimulatorConfig
 from gateway.upstream.health import UpstreamHealth
@@ -208,3 +210,28 @@ async def test_upstream_health_counts_failures_in_a_row_and_probes_when_idle() -
     answers[0] = True
     now[0] = 62.0
     assert await health.state() == "ok"  # one good probe: reachable again
+
+
+def test_a_refusal_is_labelled_by_what_refused_it_never_by_raw_text() -> None:
+    metrics = Metrics()
+    metrics.watch_pool("x/us-east-1/on-demand/m", 1000, lambda: 1.0, lambda: 0)
+    known = Throttled("no room", 500, limit="tpm", pool="x/us-east-1/on-demand/m",
+                      reason="hopeless")  # fmt: skip
+    stray = Throttled("no room", 500, limit="made-up", pool="not/a/pool", reason="queue_timeout")
+    budget = BudgetExhausted("spent", 0, limit="monthly_spend_usd")
+    for error in (known, stray, budget):
+        metrics.refused("team", "m", "interactive", error)
+
+    def count(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    throttles = "gateway_throttles_total"
+    assert count(throttles, tenant="team", model="m", limit="tpm",
+                 pool="x/us-east-1/on-demand/m") == 1  # fmt: skip
+    assert count(throttles, tenant="team", model="m", limit="other", pool="other") == 1
+    assert count(throttles, tenant="team", model="m", limit="monthly_spend_usd", pool="") == 1
+    refusals = "gateway_queue_refusals_total"
+    assert count(refusals, model="m", pool="x/us-east-1/on-demand/m", priority="interactive",
+                 reason="hopeless") == 1  # fmt: skip
+    assert count(refusals, model="m", pool="", priority="interactive",
+                 reason="budget_exhausted") == 1  # fmt: skip

@@ -19,7 +19,7 @@ from gateway.errors import BudgetExhausted, Throttled, ValidationError
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.service import Limiter, Ticket
 from gateway.limiter.store import Direct
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, pool_name
 from gateway.queueing.dispatcher import Abandoned, Queues
 
 T0 = 1_800_000_000_000
@@ -157,6 +157,9 @@ async def test_past_the_deadline_the_answer_is_a_throttle_with_a_hint() -> None:
     with pytest.raises(Throttled) as caught:
         await admit(queues, routes, "late", "b", wait=0.05)  # a real 50 ms timer
     assert caught.value.retry_after_ms > 0
+    refused = caught.value
+    assert (refused.limit, refused.pool, refused.reason) == ("tpm", pool_name(routes[0]),
+                                                             "queue_timeout")  # fmt: skip
     assert queues.depth("m") == 0  # it left the queue
     await queues.close()
 
@@ -170,6 +173,8 @@ async def test_a_spent_day_budget_is_refused_at_once() -> None:
     assert spent.value.resets_at_ms % 86_400_000 == 0  # the next UTC midnight
     assert "(100 quota tokens)" in spent.value.message
     assert "100 used" in spent.value.message
+    assert (spent.value.limit, spent.value.pool, spent.value.reason) == (
+        "tokens_per_day", "", "budget_exhausted")  # fmt: skip
 
 
 async def test_a_spent_day_budget_waits_while_a_call_in_flight_may_give_some_back() -> None:
@@ -187,8 +192,10 @@ async def test_a_full_queue_refuses_at_once() -> None:
     await blocked(queues, limiter, routes)
     waiting = [asyncio.create_task(admit(queues, routes, f"w{i}", "b", wait=120)) for i in range(2)]
     await asyncio.sleep(0)
-    with pytest.raises(Throttled, match="queue full"):
+    with pytest.raises(Throttled, match="queue full") as full:
         await admit(queues, routes, "w3", "b", wait=120)
+    assert (full.value.limit, full.value.pool, full.value.reason) == ("queue_full", "",
+                                                                      "queue_full")  # fmt: skip
     for task in waiting:
         task.cancel()
     await queues.close()
@@ -212,8 +219,9 @@ async def test_closing_answers_every_waiter() -> None:
     await asyncio.sleep(0)
     await queues.close()
     for task in waiting:
-        with pytest.raises(Throttled, match="shutting down"):
+        with pytest.raises(Throttled, match="shutting down") as stopping:
             await asyncio.wait_for(task, 1)
+        assert (stopping.value.limit, stopping.value.reason) == ("draining", "draining")
 
 
 async def test_a_waiter_whose_caller_leaves_is_taken_out_of_the_queue() -> None:

@@ -223,8 +223,7 @@ class DataPlane:
             reply = render(exc, request_id)
             outcome.kind = error_outcome(exc)
             if isinstance(exc, Throttled | BudgetExhausted):  # the one place a refusal counts
-                self._metrics.refused(outcome.tenant, outcome.model, outcome.priority,
-                                      exc.message)  # fmt: skip
+                self._metrics.refused(outcome.tenant, outcome.model, outcome.priority, exc)
                 self._calls.refused(outcome.tenant, outcome.model)
         except Exception:
             log.exception("unhandled error in request %s", request_id)

@@ -43,6 +43,8 @@ from gateway.pricing import MICROS_PER_USD, PriceTable
 
 UNKNOWN_WAIT_MS = 1000
 REFUSALS_FLUSH_S = 1.0
+POOL_OWNER = "pool "
+"""How a pool's buckets name their owner (``pool <account>/<region>/<scope>/<model>``)."""
 REPORT_BATCH = 100
 """Quota-report hashes read per round trip (each up to ~1.4 KB)."""
 
@@ -256,7 +258,7 @@ class Limiter:
     def _route_limits(self, route: Route) -> _Limits:
         limits = self._routes.get(route)
         if limits is None:
-            what = f"pool {route.account}/{route.region}/{route.scope}/{route.base_model}"
+            what = f"{POOL_OWNER}{route.account}/{route.region}/{route.scope}/{route.base_model}"
             values = {"tpm": route.tpm, "rpm": route.rpm, "tokens_per_day": route.tokens_per_day,
                       "max_concurrency": route.max_concurrency}  # fmt: skip
             limits = self._routes[route] = _limits(
@@ -434,9 +436,15 @@ def budget_exhausted(denied: Denied) -> BudgetExhausted:
         what = (f"The {period}'s token budget of {tenant} ({bucket.limit:,} quota tokens) has "
                 f"no room for this request: {used:,} used")  # fmt: skip
     return BudgetExhausted(f"{what}; it resets at {when}. (bedrock-gateway: {bucket.label})",
-                           resets)  # fmt: skip
+                           resets, limit=bucket.name)  # fmt: skip
+
+
+def refused_by(bucket: Bucket) -> dict[str, str]:
+    """The ``limit`` and ``pool`` of a Throttled that ``bucket`` refused."""
+    pool = bucket.owner.removeprefix(POOL_OWNER) if bucket.owner.startswith(POOL_OWNER) else ""
+    return {"limit": bucket.name or "other", "pool": pool}
 
 
 def throttled(denied: Denied) -> Throttled:
     wait = denied.retry_after_ms if denied.retry_after_ms is not None else UNKNOWN_WAIT_MS
-    return Throttled(throttle_message(denied.bucket), wait)
+    return Throttled(throttle_message(denied.bucket), wait, **refused_by(denied.bucket))

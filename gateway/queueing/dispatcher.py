@@ -40,6 +40,7 @@ from gateway.limiter.service import (
     Limiter,
     Ticket,
     budget_exhausted,
+    refused_by,
     throttle_message,
     throttled,
 )
@@ -278,12 +279,13 @@ class Queues:
             raise Throttled(
                 f"Too many requests are waiting for {group}, please wait before trying again. "
                 f"(bedrock-gateway: queue full)", state.hint_ms if forecast is None else forecast,
+                limit="queue_full", reason="queue_full",
             )  # fmt: skip
         if self.refuse_when_hopeless and forecast is not None and state.trusted():
             # let in only what fits even if settlements leave more than expected
             latest = state.forecast_ms(ahead, reserved, now, LET_IN_BIAS)
             if latest is not None and refuse_on_arrival(latest, budget_s * 1000):
-                raise Throttled(_hopeless_message(denied, forecast, budget_s), forecast)
+                raise _hopeless_refusal(denied, forecast, budget_s)
         future = asyncio.get_running_loop().create_future()
         waiter = Waiter(member, tenant, routes, reserved, future, denied, now + budget_s, bill)
         ticket = await self._wait(state, waiter, budget_s, batch, gone)
@@ -311,7 +313,7 @@ class Queues:
             message = throttle_message(waiter.denied.bucket)
             raise Throttled(
                 f"{message[:-1]}, still at capacity after the {budget_s:.1f} s this request "
-                f"may wait)", hint,
+                f"may wait)", hint, **refused_by(waiter.denied.bucket), reason="queue_timeout",
             ) from None  # fmt: skip
         finally:
             state.queue.cancel(entry)
@@ -377,7 +379,7 @@ class Queues:
         if not waiter.future.done():
             waiter.future.set_exception(Throttled(
                 "The gateway is shutting down, please retry. (bedrock-gateway: draining)",
-                hint_ms))  # fmt: skip
+                hint_ms, limit="draining", reason="draining"))  # fmt: skip
 
 
 _NO_SHARE = SettledShare()
@@ -401,15 +403,17 @@ async def _admitted(waiter: Waiter, gone: Callable[[], Awaitable[None]] | None) 
     raise Abandoned
 
 
-def _hopeless_message(denied: Denied, forecast_ms: int, budget_s: float) -> str:
+def _hopeless_refusal(denied: Denied, forecast_ms: int, budget_s: float) -> Throttled:
     message = throttle_message(denied.bucket)
-    return (f"{message[:-1]}; the requests queued ahead leave no room for this one before "
-            f"{forecast_ms / 1000:.1f} s, past the {budget_s:.1f} s it may wait)")  # fmt: skip
+    return Throttled(
+        f"{message[:-1]}; the requests queued ahead leave no room for this one before "
+        f"{forecast_ms / 1000:.1f} s, past the {budget_s:.1f} s it may wait)", forecast_ms,
+        **refused_by(denied.bucket), reason="hopeless",
+    )  # fmt: skip
 
 
 def _hopeless_now(waiter: Waiter, forecast_ms: int, now: float) -> Throttled:
-    left = max(0.0, waiter.deadline - now)
-    return Throttled(_hopeless_message(waiter.denied, forecast_ms, left), forecast_ms)
+    return _hopeless_refusal(waiter.denied, forecast_ms, max(0.0, waiter.deadline - now))
 
 
 def _hopeless(denied: Denied, max_wait_s: float) -> bool:
