@@ -104,7 +104,8 @@ class LimiterConfig(_Frozen):
     redis_url: str | None = None
     """One server: ``redis://[user:password@]host:6379/0``. A Sentinel set:
     ``redis+sentinel://host:26379[,host:26379…]/master-name[?db=N]`` (the sentinels; the
-    credentials are the master's). A Cluster: ``redis+cluster://host:6379[,host:6379…]`` (any
+    credentials are the master's, ``&sentinel_password=…`` the sentinels'). A Cluster:
+    ``redis+cluster://host:6379[,host:6379…]`` (any
     nodes, such as an ElastiCache configuration endpoint; database 0 only). ``rediss…`` for
     TLS. A failover is a short store outage (``on_store_failure``); docs/operations.md, "Redis:
     single, Sentinel, Cluster". Prefer ``redis_url_env`` when the URL carries a password."""

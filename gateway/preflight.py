@@ -121,7 +121,7 @@ async def check_store(config: GatewayConfig, environ: Mapping[str, str]) -> None
     if reachable:
         return
     where = "limiter.redis_url_env" if limiter.redis_url_env else "limiter.redis_url"
-    address = url.rsplit("@", 1)[-1]  # never print a password
+    address = url.rsplit("@", 1)[-1].split("?", 1)[0]  # never print a password
     if limiter.on_store_failure == "deny":
         raise StartupError(f"{where}: Redis at {address} does not answer, and "
                            f"limiter.on_store_failure is deny", EXIT_STORE)  # fmt: skip

@@ -271,10 +271,10 @@ def _until(check: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def _client(port: int) -> Any:
+def _client(port: int, password: str | None = None) -> Any:
     import redis
 
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, password=password)
 
 
 class RedisCluster:
@@ -356,7 +356,10 @@ class RedisSentinelSet:
 
     NAME = "gw"
 
-    def __init__(self, replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000) -> None:
+    def __init__(self, replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000,
+                 password: str | None = None) -> None:  # fmt: skip
+        self.password = password
+        """Set on every node and sentinel (``requirepass``), as Bitnami's chart does by default."""
         self.data_ports = [free_port() for _ in range(1 + replicas)]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.down_after_ms = down_after_ms
@@ -366,13 +369,17 @@ class RedisSentinelSet:
     @property
     def url(self) -> str:
         nodes = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{nodes}/{self.NAME}"
+        if self.password is None:
+            return f"redis+sentinel://{nodes}/{self.NAME}"
+        pw = self.password
+        return f"redis+sentinel://:{pw}@{nodes}/{self.NAME}?sentinel_password={pw}"
 
     def master_port(self) -> int:
         """The master's port as the first sentinel answering says."""
         for port in self.sentinel_ports:
             with contextlib.suppress(Exception):  # a sentinel down, or not knowing it yet
-                return int(_client(port).sentinel_get_master_addr_by_name(self.NAME)[1])
+                return int(_client(port, self.password)
+                           .sentinel_get_master_addr_by_name(self.NAME)[1])  # fmt: skip
         raise LookupError("no sentinel answers")
 
     def start(self, timeout: float = 30.0) -> RedisSentinelSet:
@@ -388,13 +395,15 @@ class RedisSentinelSet:
             workdir = os.path.join(self.dir, str(port))
             os.makedirs(workdir, exist_ok=True)
             # no 5 s wait for more replicas before a full sync
-            extra = ("--repl-diskless-sync-delay", "0")
+            extra: tuple[str, ...] = ("--repl-diskless-sync-delay", "0")
+            if self.password is not None:
+                extra += ("--requirepass", self.password, "--masterauth", self.password)
             if port != master:
                 extra += ("--replicaof", "127.0.0.1", str(master))
             self.procs[port] = _redis_node(port, workdir, *extra)
         for port in replicas:
-            _until(lambda p=port: _client(p).info("replication")["master_link_status"] == "up",
-                   timeout, f"replica {port} in sync")  # fmt: skip
+            _until(lambda p=port: _client(p, self.password).info("replication")[
+                "master_link_status"] == "up", timeout, f"replica {port} in sync")  # fmt: skip
         quorum = len(self.sentinel_ports) // 2 + 1
         ids = {port: f"{port:040x}" for port in self.sentinel_ports}
         for port in self.sentinel_ports:
@@ -406,6 +415,9 @@ class RedisSentinelSet:
                      *(f"sentinel known-replica {self.NAME} 127.0.0.1 {r}" for r in replicas),
                      *(f"sentinel known-sentinel {self.NAME} 127.0.0.1 {o} {ids[o]}"
                        for o in self.sentinel_ports if o != port)]  # fmt: skip
+            if self.password is not None:
+                lines += [f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}",
+                          f"sentinel auth-pass {self.NAME} {self.password}"]  # fmt: skip
             conf = os.path.join(self.dir, f"sentinel-{port}.conf")
             with open(conf, "w", encoding="utf-8") as file:
                 file.write("\n".join(lines) + "\n")
@@ -413,7 +425,7 @@ class RedisSentinelSet:
         others, known = len(self.sentinel_ports) - 1, len(replicas)
 
         def settled(port: int) -> bool:
-            state = _client(port).sentinel_master(self.NAME)
+            state = _client(port, self.password).sentinel_master(self.NAME)
             return state["num-other-sentinels"] == others and state["num-slaves"] == known
 
         for port in self.sentinel_ports:
@@ -427,7 +439,7 @@ class RedisSentinelSet:
         proc.wait(timeout=10)
 
     def flush(self) -> None:
-        _client(self.master_port()).flushall()
+        _client(self.master_port(), self.password).flushall()
 
     def stop(self) -> None:
         for proc in self.procs.values():

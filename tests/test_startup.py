@@ -78,6 +78,17 @@ def test_unreachable_redis_with_deny(tmp_path: Path) -> None:
     assert "pw" not in result.stderr
 
 
+def test_unreachable_sentinels_are_named_without_their_password(tmp_path: Path) -> None:
+    config = settings()
+    config["limiter"] = {"backend": "redis", "on_store_failure": "deny",
+                         "redis_url": f"redis+sentinel://:pw1@127.0.0.1:{free_port()}/gw"
+                                      f"?sentinel_password=pw2"}  # fmt: skip
+    result = serve(write(tmp_path, config), tmp_path)
+    assert_one_clear_line(result, preflight.EXIT_STORE, "limiter.redis_url", "does not answer")
+    assert "pw1" not in result.stderr
+    assert "pw2" not in result.stderr
+
+
 def test_unreachable_redis_with_local_starts_degraded_and_stops_cleanly(tmp_path: Path) -> None:
     config = settings()
     port = config["server"]["port"]

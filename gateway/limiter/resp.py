@@ -55,6 +55,14 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
+def auth_command(address: Address) -> bytes:
+    """``AUTH [username] password`` for ``address`` (which has a password)."""
+    assert address.password is not None
+    if address.username:
+        return encode(("AUTH", address.username, address.password))
+    return encode(("AUTH", address.password))
+
+
 def encode(args: tuple[bytes | str | int, ...]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
@@ -269,9 +277,7 @@ class Pipe:
     async def _handshake(self, protocol: _Protocol) -> None:
         address = self._address
         if address.password is not None:
-            auth = (address.username, address.password) if address.username else (
-                address.password,)  # fmt: skip
-            await protocol.send(encode(("AUTH", *auth)))
+            await protocol.send(auth_command(address))
         if address.db:
             await protocol.send(encode(("SELECT", address.db)))
 

@@ -30,6 +30,7 @@ from gateway.limiter.resp import (
     Pipe,
     Reply,
     RespError,
+    auth_command,
     encode,
     take_replies,
 )
@@ -42,9 +43,11 @@ class SentinelLink:
     def __init__(
         self, sentinels: tuple[tuple[str, int], ...], master: str, address: Address,
         timeout_s: float, clock: Callable[[], float],
+        sentinel_auth: tuple[str | None, str | None] = (None, None),
     ) -> None:  # fmt: skip
-        # The sentinels are asked without the master's credentials and database.
-        plain = replace(address, db=0, username=None, password=None)
+        # The sentinels are asked with their own credentials, if any, not the master's.
+        username, password = sentinel_auth
+        plain = replace(address, db=0, username=username, password=password)
         self._sentinels = [Pipe(replace(plain, host=h, port=p), timeout_s, clock)
                            for h, p in sentinels]  # fmt: skip
         self._name = master
@@ -152,6 +155,8 @@ class SentinelLink:
             self._timeout_s,
         )  # fmt: skip
         try:
+            if address.password is not None:
+                writer.write(auth_command(address))
             writer.write(encode(("SUBSCRIBE", "+switch-master")))
             buf, quiet = bytearray(), 0
             while True:
@@ -168,6 +173,8 @@ class SentinelLink:
                 buf += chunk
                 quiet = 0
                 for message in take_replies(buf):
+                    if isinstance(message, RespError):  # refused: AUTH, or SUBSCRIBE without it
+                        raise ConnectionLost(f"sentinel refused the subscription: {message}")
                     self._on_message(message)
         finally:
             writer.close()

@@ -2,9 +2,11 @@
 Cluster, and the link (``resp.Link``) that reaches its master.
 
 * ``redis://[user:password@]host[:port][/db]`` (``rediss://`` for TLS): one server.
-* ``redis+sentinel://[user:password@]host:port[,host:port…]/master-name[?db=N]``
-  (``rediss+sentinel://``): the sentinels of ``master-name``; the credentials and TLS are the
-  master's (the sentinels are asked without a password, over TLS when the scheme says so).
+* ``redis+sentinel://[user:password@]host:port[,host:port…]/master-name[?db=N]
+  [&sentinel_password=…[&sentinel_username=…]]`` (``rediss+sentinel://``): the sentinels of
+  ``master-name``; the credentials and TLS are the master's; the sentinels are asked with
+  ``sentinel_password`` (and ``sentinel_username``) when given, else without a password, over
+  TLS when the scheme says so.
 * ``redis+cluster://[user:password@]host:port[,host:port…]`` (``rediss+cluster://``): any
   nodes of a Cluster (an ElastiCache configuration endpoint is one); a Cluster has db 0 only.
 """
@@ -38,6 +40,8 @@ class Topology:
     """How to talk to a data node (its credentials, db, TLS); host and port are the first node's."""
     master: str = ""
     """The Sentinel master name."""
+    sentinel_auth: tuple[str | None, str | None] = (None, None)
+    """(username, password) the sentinels are asked with."""
 
 
 def _nodes(netloc: str, default_port: int) -> tuple[tuple[str, int], ...]:
@@ -71,7 +75,13 @@ def parse_topology(url: str) -> Topology:
             raise ValueError("a redis+sentinel URL names its master: redis+sentinel://host:port"
                              "[,host:port]/master-name[?db=N]")  # fmt: skip
         master, db_text = unquote(path), query.get("db", ["0"])[0]
+        sentinel_auth = (query.get("sentinel_username", [None])[0],
+                         query.get("sentinel_password", [None])[0])  # fmt: skip
     else:
+        if {"sentinel_username", "sentinel_password"} & query.keys():
+            raise ValueError("sentinel_password and sentinel_username belong to a "
+                             "redis+sentinel URL")  # fmt: skip
+        sentinel_auth = (None, None)
         if kind == "single" and len(nodes) > 1:
             raise ValueError("a redis:// URL names one server; several nodes need redis+sentinel "
                              "or redis+cluster")  # fmt: skip
@@ -87,14 +97,15 @@ def parse_topology(url: str) -> Topology:
         password=unquote(parts.password) if parts.password else None,
         tls=tls,
     )  # fmt: skip
-    return Topology(kind, nodes, address, master)
+    return Topology(kind, nodes, address, master, sentinel_auth)
 
 
 def open_link(url: str, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> Link:
     """The link for ``url``; nothing connects until the first call."""
     topology = parse_topology(url)
     if topology.kind == "sentinel":
-        return SentinelLink(topology.nodes, topology.master, topology.address, timeout_s, clock)
+        return SentinelLink(topology.nodes, topology.master, topology.address, timeout_s, clock,
+                            sentinel_auth=topology.sentinel_auth)  # fmt: skip
     if topology.kind == "cluster":
         return ClusterLink(topology.nodes, topology.address, timeout_s, clock)
     return Pipe(topology.address, timeout_s, clock)

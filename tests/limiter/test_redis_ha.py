@@ -30,8 +30,8 @@ T0 = 1_800_000_000_000
 __all__ = ["test_writes_are_compare_and_set_and_audited"]  # collected here too, on HA stores
 
 
-def _client(port: int) -> redis.Redis:
-    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+def _client(port: int, password: str | None = None) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, password=password)
 
 
 def test_sentinel_and_cluster_urls() -> None:
@@ -46,9 +46,14 @@ def test_sentinel_and_cluster_urls() -> None:
     for bad, says in [("redis+sentinel://s1:26379", "names its master"),
                       ("redis+cluster://n1/2", "database 0 only"),
                       ("redis://a,b", "one server"), ("redis://a:x", "bad port"),
-                      ("redis+sentinel://s/m?db=x", "database number")]:  # fmt: skip
+                      ("redis+sentinel://s/m?db=x", "database number"),
+                      ("redis://a/0?sentinel_password=x", "belong to a redis.s")]:  # fmt: skip
         with pytest.raises(ValueError, match=says):
             parse_topology(bad)
+    guarded = parse_topology("redis+sentinel://:pw@s1/m?sentinel_password=sp&sentinel_username=su")
+    assert guarded.sentinel_auth == ("su", "sp")
+    assert guarded.address.password == "pw"  # the master's, not the sentinels'
+    assert sentinel.sentinel_auth == (None, None)
 
 
 def test_the_config_refuses_a_redis_url_it_cannot_use() -> None:
@@ -172,20 +177,32 @@ async def test_a_readonly_reply_is_unavailable_not_an_error() -> None:
         servers.stop()
 
 
-async def test_a_sentinel_failover_is_a_short_outage_then_the_new_master() -> None:
+@pytest.mark.parametrize("password", [None, "s3cret"], ids=["open", "requirepass"])
+async def test_a_sentinel_failover_is_a_short_outage_then_the_new_master(
+    password: str | None,
+) -> None:
     """The old master stays up (``SENTINEL FAILOVER``): the link hears ``+switch-master``, the
     first call after it fails as an outage (failover.py then seeds the new master), the next
-    ones go to the new master, which has what the old one had."""
-    servers = RedisSentinelSet(replicas=1, sentinels=1, down_after_ms=30_000).start()
+    ones go to the new master, which has what the old one had. With ``requirepass`` on every
+    node and sentinel, the link asks the sentinels (and subscribes) with
+    ``sentinel_password``; without it, the sentinels refuse and the store says so."""
+    servers = RedisSentinelSet(replicas=1, sentinels=1, down_after_ms=30_000,
+                               password=password).start()  # fmt: skip
     old, new = servers.data_ports
+    if password is not None:
+        unauthorised = RedisStore(open_link(servers.url.split("?")[0], 2.0))
+        with pytest.raises(StoreUnavailable, match=r"(?i)auth"):
+            await _admit(unauthorised, "{fo}:w", 1, "x")
+        await unauthorised.close()
     link = open_link(servers.url, 2.0)
     assert isinstance(link, SentinelLink)
     store = RedisStore(link)
     try:
         assert isinstance(await _admit(store, "{fo}:w", 6, "a"), Admitted)
         assert link.master == ("127.0.0.1", old)
-        assert _client(old).execute_command("WAIT", 1, 2000) == 1  # the replica has it
-        _client(servers.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", servers.NAME)
+        assert _client(old, password).execute_command("WAIT", 1, 2000) == 1  # the replica has it
+        _client(servers.sentinel_ports[0], password).execute_command(
+            "SENTINEL", "FAILOVER", servers.NAME)  # fmt: skip
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 15
         while link.switches == 0:  # the old master is still up and would take writes
