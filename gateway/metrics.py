@@ -174,6 +174,12 @@ class Metrics:
             "gateway_admissions", "Requests admitted by the limiter, by route taken and tenant.",
             ["route", "tenant"], registry=r,
         )  # fmt: skip
+        self.withdrawn = Counter(
+            "gateway_admissions_withdrawn",
+            "Admissions handed back at once because the queued request they were for had gone "
+            "as they came (its deadline or its caller): never sent upstream, refunded in full.",
+            ["route", "tenant"], registry=r,
+        )  # fmt: skip
         self.denials = Counter(
             "gateway_limiter_denials",
             "Store decisions that denied an admission, by limit, including every re-check of a "
@@ -332,6 +338,9 @@ class Metrics:
 
     def admitted(self, route: str, tenant: str) -> None:
         self.admission_child(route, self.tenant(tenant)).inc()
+
+    def withdrew(self, route: str, tenant: str) -> None:
+        self.withdrawn.labels(route, self.tenant(tenant)).inc()
 
     def throttled(self, reason: str, tenant: str) -> None:
         """A denial by the limit named ``reason`` (a bucket's ``name``: ``tpm``, ``rpm``, …)."""

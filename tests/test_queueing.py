@@ -240,3 +240,15 @@ async def test_a_waiter_whose_caller_leaves_is_taken_out_of_the_queue() -> None:
     await limiter.settle(first, 0)  # the capacity goes to the one still there
     assert (await staying).plan.member == "stays"
     await queues.close()
+
+
+async def test_an_admission_handed_back_is_refunded_and_counted_once() -> None:
+    queues, limiter, routes = setup(tpm=100)
+    ticket = await admit(queues, routes, "late", "a")  # all 100 tokens
+    await limiter.withdraw(ticket)
+    await limiter.withdraw(ticket)  # settled already: neither refunded nor counted again
+    registry = limiter._metrics.registry  # type: ignore[attr-defined]
+    labels = {"route": ticket.route.label, "tenant": "a"}
+    assert registry.get_sample_value("gateway_admissions_withdrawn_total", labels) == 1
+    assert isinstance(await admit(queues, routes, "next", "b"), Ticket)  # the room came back
+    await queues.close()

@@ -52,6 +52,8 @@ REPORT_BATCH = 100
 class Metrics(Protocol):
     def admitted(self, route: str, tenant: str) -> None: ...
 
+    def withdrew(self, route: str, tenant: str) -> None: ...
+
     def throttled(self, reason: str, tenant: str) -> None: ...
 
     def settled(self, route: str, tenant: str, tokens: int, delta: int) -> None: ...
@@ -360,6 +362,13 @@ class Limiter:
         self._metrics.settled(ticket.route.label, ticket.tenant, actual, delta)
         if self.on_capacity is not None and (delta < 0 or ticket.route.max_concurrency):
             self.on_capacity(ticket.route)
+
+    async def withdraw(self, ticket: Ticket) -> None:
+        """Hand back an admission nobody will use (its waiter left as it came): settled on
+        nothing, and counted apart so admissions less withdrawals are the calls sent."""
+        if not ticket.settled:
+            self._metrics.withdrew(ticket.route.label, ticket.tenant)
+        await self.settle(ticket, 0)
 
     def refused(self, tenant: str, model: str) -> None:
         """Count a local refusal in the tenant's usage: gathered in process and written at

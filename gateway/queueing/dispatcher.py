@@ -340,7 +340,7 @@ class Queues:
             waiter.future.set_result(ticket)
             return
         # the waiter gave up (deadline or disconnect) just as it was admitted: refund it
-        task = asyncio.get_running_loop().create_task(self.limiter.settle(ticket, 0))
+        task = asyncio.get_running_loop().create_task(self.limiter.withdraw(ticket))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
