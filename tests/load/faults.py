@@ -206,17 +206,21 @@ class Counts:
     retries: dict[str, float]
     outcomes: dict[str, float]
     """``gateway_requests_total`` by outcome."""
+    withdrawn: int = 0
+    """Admissions handed back because their waiter had gone as they came (never sent)."""
 
 
 async def gateway_counts(session: aiohttp.ClientSession, gateways: list[Process]) -> Counts:
     admissions, errors, retries, outcomes = 0, Counter[str](), Counter[str](), Counter[str]()
+    withdrawn = 0
     for gateway in gateways:
         exposition = await get_text(session, f"{gateway.url}/metrics")
         admissions += int(metric(exposition, "gateway_admissions_total"))
+        withdrawn += int(metric(exposition, "gateway_admissions_withdrawn_total"))
         errors.update(labelled(exposition, "gateway_upstream_errors_total", "error"))
         retries.update(labelled(exposition, "gateway_retries_total", "reason"))
         outcomes.update(labelled(exposition, "gateway_requests_total", "outcome"))
-    return Counts(admissions, dict(errors), dict(retries), dict(outcomes))
+    return Counts(admissions, dict(errors), dict(retries), dict(outcomes), withdrawn)
 
 
 async def busy(session: aiohttp.ClientSession, gateway: Process, calls: int = 2) -> bool:
