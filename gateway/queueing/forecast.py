@@ -19,15 +19,14 @@ from dataclasses import dataclass, field
 
 from gateway.limiter.core import WindowView
 
-MARGIN = 0.02
-"""A request is let in only with this share of its forecast wait (at least ``MIN_MARGIN_MS``)
-to spare before its deadline..."""
+MIN_MARGIN_MS = 250
+"""A request is let in only with this much of its wait to spare before its deadline (the
+dispatcher's next try, the store's clock against this replica's)..."""
 LET_IN_BIAS = 1.0
 """...and only if it fits with the queue ahead charged this much more than expected; a waiter
 is refused later only if it would not fit even with the queue ahead charged ``REFUSE_BIAS``
 x what is expected. Between the two, it waits: a forecast near a window's edge is unsure."""
 REFUSE_BIAS = 0.95
-MIN_MARGIN_MS = 250
 
 
 def _events(view: WindowView, now_ms: int) -> list[tuple[int, int]]:
@@ -87,8 +86,14 @@ class Capacity:
         if need == 0:
             return min(own)
         cycles, rest = divmod(need - 1, self.per_span)
-        period = self.windows[0].span * self.windows[0].slot_ms
-        together = _first(self._times, self._totals, rest + 1) + cycles * period
+        together = _first(self._times, self._totals, rest + 1)
+        if cycles:
+            # a later window frees what was admitted in this one a span after it came in, and
+            # nothing is admitted before a request fits: the room there is now is not taken
+            # (nor freed a span on) until the slots leaving have made it enough for one
+            period = self.windows[0].span * self.windows[0].slot_ms
+            head = _first(self._times, self._totals, min(cost, self.per_span))
+            together = max(together, head) + cycles * period
         return max(together, min(own))
 
 
@@ -114,5 +119,8 @@ def _first(times: list[int], totals: list[int], amount: int) -> int:
 
 
 def refuse_on_arrival(forecast_ms: int, budget_ms: float) -> bool:
-    """The forecast is past what the request may wait, less the forecast's margin of error."""
-    return forecast_ms > budget_ms - max(MIN_MARGIN_MS, MARGIN * forecast_ms)
+    """The forecast is past what the request may wait, less ``MIN_MARGIN_MS``. No margin
+    grows with the wait: what the forecast does not know is what the queue ahead will really
+    use, which ``LET_IN_BIAS`` and ``REFUSE_BIAS`` weigh in tokens; a margin of time as well
+    refused requests at the start of a window that the window then admitted in time."""
+    return forecast_ms > budget_ms - MIN_MARGIN_MS
