@@ -76,7 +76,12 @@ def estimate(operation: str, body: Mapping[str, Any], *, default_max_tokens: int
 
 def reservation(est: Estimate, burndown: float) -> int:
     """Quota to hold while the request runs: input + max output × burndown."""
-    return est.input_tokens + _burn(est.max_output_tokens, burndown)
+    return est.input_tokens + output_reservation(est, burndown)
+
+
+def output_reservation(est: Estimate, burndown: float) -> int:
+    """The part of the reservation held for the output: max output × burndown."""
+    return _burn(est.max_output_tokens, burndown)
 
 
 def charge(usage: Usage, burndown: float) -> int:

@@ -50,6 +50,18 @@ def test_room_too_small_for_a_request_now_is_not_freed_again_a_span_on() -> None
     assert capacity.fits_at(100 + 10, 10) == T0 + SPAN * SLOT
 
 
+def test_refunds_of_the_queue_ahead_come_back_a_call_later() -> None:
+    # 50 leave at +11 s and 50 at +41 s; a queue ahead reserving 120 is charged 60 (it gives
+    # back 60 as its calls settle, 2 s after each came in)
+    capacity = Capacity(T0, (view({50: 50, 20: 50}),))
+    assert capacity.fits_at(60 + 30, 30) == T0 + 41_000  # refunds counted at once
+    # the room the last slot frees at +41 s is taken by the queue's last calls; what they
+    # give back comes at +43 s
+    assert capacity.fits_at(60 + 30, 30, delayed=60, delay_ms=2000) == T0 + 43_000
+    # ahead of a small need, the pending refunds do not matter: the first slot is enough
+    assert capacity.fits_at(10 + 30, 30, delayed=10, delay_ms=2000) == T0 + 11_000
+
+
 def test_a_request_needs_room_in_one_route_for_its_own_cost() -> None:
     full = view({0: 100})
     half = view({30: 50, 0: 50})  # 50 leaves at +31 s
@@ -106,27 +118,49 @@ def test_refusal_keeps_a_margin_for_the_dispatchers_next_try() -> None:
 
 def test_the_settled_share_is_a_ratio_of_sums_trusted_after_enough_samples() -> None:
     share = SettledShare()
-    assert share.value == 1.0
+    assert share.charge(1000, 300) == 1000  # nothing seen: reservations charged in full
     assert not share.trusted
     for _ in range(MIN_SAMPLES // 2):
-        share.observe(100, 50)
-        share.observe(1000, 900)
+        share.observe(100, 0, 50, 0)
+        share.observe(1000, 0, 900, 0)
     assert share.trusted
-    assert share.value == pytest.approx(950 / 1100, abs=0.02)
+    assert share.charge(1100) == pytest.approx(950, abs=20)
+
+
+def test_the_input_estimate_and_the_output_cap_are_charged_apart() -> None:
+    """Calls whose estimate is what they use and which use half their output cap: a queue of
+    short prompts is charged its prompts and half its caps, not the share of whole
+    reservations that long prompts left."""
+    share = SettledShare()
+    for _ in range(MIN_SAMPLES):
+        share.observe(900 + 300, 300, 900 + 150, 150)  # long prompts
+    # 10 short prompts of 100 tokens, max_tokens 300 each
+    assert share.charge(10 * 400, 10 * 300) == pytest.approx(10 * (100 + 150))
+    whole = (900 + 150) / (900 + 300)
+    assert 10 * 400 * whole > 10 * (100 + 150) * 1.3  # one share of the whole: 40 % over
+
+
+def test_absurd_settlements_stay_within_the_reservation() -> None:
+    share = SettledShare()
+    share.observe(400, 300, 10**9, 10**9)  # more output than charged in all: output is all
+    share.observe(400, 900, 400, 0)  # an output cap larger than the reservation: capped
+    share.observe(0, 0, 100, 0)  # nothing reserved: ignored
+    assert share.samples == 2
+    assert share.charge(400, 300) <= 3 * 400
 
 
 def test_ahead_counts_the_own_flow_and_the_others_by_weight() -> None:
     queue: FairQueue[str] = FairQueue()
-    assert queue.ahead("a", INTERACTIVE, 1.0, 100) == 0
+    assert queue.ahead("a", INTERACTIVE, 1.0, 100) == (0, 0)
     for i in range(3):
-        queue.push(f"a{i}", tenant="a", weight=1, klass=INTERACTIVE, cost=100)
-    assert queue.ahead("a", INTERACTIVE, 1.0, 100) == 300  # first come first served
+        queue.push(f"a{i}", tenant="a", weight=1, klass=INTERACTIVE, cost=100, output=30)
+    assert queue.ahead("a", INTERACTIVE, 1.0, 100) == (300, 90)  # first come first served
     # a new tenant of equal weight is served alongside: only a's first 100 go before it
-    assert queue.ahead("b", INTERACTIVE, 1.0, 100) == 100
+    assert queue.ahead("b", INTERACTIVE, 1.0, 100) == (100, 30)
     # batch waits for every interactive entry
-    assert queue.ahead("b", BATCH, 1.0, 100) == 300
-    entries = dict((e.item, ahead) for e, ahead in queue.in_order())
+    assert queue.ahead("b", BATCH, 1.0, 100) == (300, 90)
+    entries = dict((e.item, ahead.cost) for e, ahead in queue.in_order())
     assert entries == {"a0": 0, "a1": 100, "a2": 200}
-    last = queue.push("a3", tenant="a", weight=1, klass=INTERACTIVE, cost=100)
+    last = queue.push("a3", tenant="a", weight=1, klass=INTERACTIVE, cost=100, output=30)
     queue.cancel(next(e for e, _ in queue.in_order() if e.item == "a1"))
-    assert queue.ahead_of(last) == 200  # a cancelled entry no longer counts
+    assert queue.ahead_of(last) == (200, 60)  # a cancelled entry no longer counts

@@ -15,12 +15,17 @@ import pytest
 
 from gateway.catalog import Catalog
 from gateway.config import LimiterConfig, ModelConfig, TenantConfig
+from gateway.cost import Usage
 from gateway.errors import BudgetExhausted, Throttled, ValidationError
+from gateway.limiter.core import WindowView
 from gateway.limiter.memory import MemoryStore
 from gateway.limiter.service import Limiter, Ticket
+from gateway.limiter.settled import MIN_SAMPLES
 from gateway.limiter.store import Direct
 from gateway.metrics import Metrics, pool_name
-from gateway.queueing.dispatcher import Abandoned, Queues
+from gateway.queueing.dispatcher import Abandoned, Queues, Waiter
+from gateway.queueing.fair import INTERACTIVE, FairQueue
+from gateway.queueing.forecast import Capacity
 
 T0 = 1_800_000_000_000
 
@@ -251,4 +256,101 @@ async def test_an_admission_handed_back_is_refunded_and_counted_once() -> None:
     labels = {"route": ticket.route.label, "tenant": "a"}
     assert registry.get_sample_value("gateway_admissions_withdrawn_total", labels) == 1
     assert isinstance(await admit(queues, routes, "next", "b"), Ticket)  # the room came back
+    await queues.close()
+
+
+async def test_a_request_the_forecast_puts_past_its_deadline_is_refused_at_once() -> None:
+    """With ``refuse_when_hopeless``, the forecast decides on arrival: a request that cannot
+    be admitted before its deadline hears so at once, its hint saying when it would fit; one
+    that can waits, and is admitted when the window slides."""
+    now = [T0]
+    model = ModelConfig.model_validate(
+        {"model_id": "m", "routes": [{"account": "x", "region": "us-east-1", "tpm": 1000}]}
+    )
+    store = MemoryStore(clock_ms=lambda: now[0])
+    limiter = Limiter(LimiterConfig(), {"a": TenantConfig()}, Direct(store), Metrics())
+    queues = Queues(limiter, max_depth=100, recheck_s=5, weights={"a": 1.0},
+                    is_tenant_limit=limiter.is_tenant_limit, refuse_when_hopeless=True,
+                    clock=lambda: now[0] / 1000)  # fmt: skip
+    limiter.on_capacity = queues.settled
+    resolved = Catalog({"m": model}).resolve("m")
+    assert resolved is not None
+    routes = resolved.routes
+    for i in range(MIN_SAMPLES):  # settlements that use what they reserved: shares of 1
+        ticket = await limiter.admit(f"t{i}", "a", routes, 10, output_reserved=5)
+        assert isinstance(ticket, Ticket)
+        await limiter.settle(ticket, 10, Usage(5, 5))
+    blocker = await limiter.admit("blocker", "a", routes, 790)
+    in_flight = await limiter.admit("in-flight", "a", routes, 10)
+    assert isinstance(blocker, Ticket)
+    assert isinstance(in_flight, Ticket)
+    await limiter.settle(blocker, 790)
+
+    now[0] = T0 + 1_000  # all of it leaves the window 60.5 s after T0
+    with pytest.raises(Throttled) as caught:
+        await queues.admit("hopeless", "a", "m", routes, 100, max_wait_s=30, batch=False)
+    assert caught.value.reason == "hopeless"
+    assert 59_000 <= caught.value.retry_after_ms <= 60_500
+    assert queues.depth("m") == 0  # never queued
+
+    patient = asyncio.create_task(
+        queues.admit("patient", "a", "m", routes, 100, max_wait_s=70, batch=False)
+    )
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not patient.done()
+    assert queues.depth("m") == 1
+    now[0] = T0 + 61_000
+    await limiter.settle(in_flight, 5)  # a refund wakes the head: it finds the window slid
+    ticket, waited_s = await asyncio.wait_for(patient, 5)
+    assert isinstance(ticket, Ticket)
+    assert waited_s == pytest.approx(60)
+    await queues.close()
+
+
+async def test_a_waiter_is_not_refused_for_one_ahead_that_is_unlikely_to_be_admitted() -> None:
+    """Re-judging the queue: X waits with time to spare, A cannot expect to fit before its
+    deadline but might (so it waits on), and B behind A fits if A leaves. B is not refused:
+    counting A against it would leave the room A does not take to nobody."""
+    queues, limiter, routes = setup(tpm=1000, tenants={"a": {}})
+    queues.refuse_when_hopeless = True
+    for i in range(MIN_SAMPLES):  # settlements that use what they reserved: shares of 1
+        ticket = await limiter.admit(f"t{i}", "a", routes, 10)
+        assert isinstance(ticket, Ticket)
+        await limiter.settle(ticket, 10, Usage(10, 0))
+    await limiter.admit("full", "a", routes, 1000 - 10 * MIN_SAMPLES)
+    denied = await limiter.admit("denied", "a", routes, 10)
+    assert not isinstance(denied, Ticket)
+    state = queues._group("m", routes)
+    # 200 tokens leave the window in 2 s, the other 800 in 61 s
+    slots = (0, 200) + (0,) * 58 + (800,)
+    state.capacity, state.seen_at = Capacity(T0, (WindowView(1000, 1000, 61, slots),)), 0.0
+    loop = asyncio.get_running_loop()
+    waiters = {}
+    for name, cost, wait_s in (("X", 100, 100), ("A", 105, 30), ("B", 90, 30)):
+        waiter = Waiter(name, "a", routes, cost, loop.create_future(), denied, wait_s)
+        state.queue.push(waiter, tenant="a", weight=1, klass=INTERACTIVE, cost=cost)
+        waiters[name] = waiter
+    # A: 100 ahead + its 105 > the 200 leaving in 2 s (the next room is past its deadline),
+    # but at 0.95 x the queue ahead it would fit; B: 0.95 x (100 + 105) + 90 would not
+    state._rejudge(0.0)
+    assert not any(w.future.done() for w in waiters.values())
+    # once A is sure not to fit, it is refused, with the next room as its hint
+    waiters["X"].reserved = 200  # (the queue ahead of A grew)
+    state.queue = FairQueue()
+    for name in "XAB":
+        waiter = waiters[name]
+        state.queue.push(waiter, tenant="a", weight=1, klass=INTERACTIVE, cost=waiter.reserved)
+    state._rejudge(0.0)
+    assert waiters["A"].future.done()
+    assert not waiters["X"].future.done()
+    with pytest.raises(Throttled) as caught:
+        waiters["A"].future.result()
+    assert caught.value.reason == "hopeless"
+    assert caught.value.retry_after_ms == 61_000
+    assert waiters["B"].future.done()  # 200 + 90 cannot fit before 61 s either
+    waiters["X"].future.cancel()
+    for waiter in waiters.values():
+        if not waiter.future.cancelled():
+            waiter.future.exception()
     await queues.close()

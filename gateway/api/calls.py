@@ -187,6 +187,7 @@ class Calls:
         scaled = calibration.scale(raw.input_tokens, self._calibrations.factor(key))
         estimate = cost.Estimate(scaled, raw.max_output_tokens)
         reserved = cost.reservation(estimate, model.output_burndown)
+        output_reserved = cost.output_reservation(estimate, model.output_burndown)
         prices = self._prices
         bill = Bill(model.name, prices, prices.max_cost_micros_any(model.name, estimate))
 
@@ -206,7 +207,7 @@ class Calls:
                 ticket, queued_s = await self._queues.admit(
                     member, call.tenant.name, model.name, routes, reserved,
                     max_wait_s=wait_s, batch=call.batch, bill=bill,
-                    gone=partial(client_gone, call.receive),
+                    gone=partial(client_gone, call.receive), output_reserved=output_reserved,
                 )  # fmt: skip
             except Abandoned:  # nobody to answer: not sent upstream, nothing charged
                 raise ClientDisconnected from None

@@ -117,6 +117,10 @@ class Ticket:
     tenant: str
     reserved: int
     bill: Bill | None = None
+    output_reserved: int = 0
+    """The part of ``reserved`` held for the output (max tokens x burndown)."""
+    admitted_at: float = 0.0
+    """``time.monotonic()`` at the admission."""
     settled: bool = False
 
     @property
@@ -212,7 +216,9 @@ class Limiter:
         self.settled_share: dict[Route, SettledShare] = {}
         """Per route, what settlements leave of a reservation (the queue's forecast)."""
         self.in_flight: dict[Route, int] = {}
-        """Per route, the tokens this replica has reserved and not yet settled."""
+        """Per route, the tokens this replica has reserved and not yet settled..."""
+        self.in_flight_output: dict[Route, int] = {}
+        """...and the part of them held for outputs."""
         self.tenant_in_flight: dict[str, int] = {}
         """Per tenant, the calls this replica admitted and has not settled yet."""
         self._refusals: Tally | None = None
@@ -310,8 +316,10 @@ class Limiter:
 
     async def admit(
         self, member: str, tenant: str, routes: tuple[Route, ...], reserved: int,
-        bill: Bill | None = None,
+        bill: Bill | None = None, output_reserved: int = 0,
     ) -> Ticket | Denied:  # fmt: skip
+        """A ticket for ``reserved`` tokens (``output_reserved`` of them the output cap), or
+        the denial."""
         plan, eligible = self.plan(member, tenant, routes, reserved, bill)
         decision, store = await self._admit(plan)
         if isinstance(decision, Denied):
@@ -320,8 +328,10 @@ class Limiter:
         route = eligible[decision.alternative - 1]
         self._metrics.admitted(route.label, tenant)
         self.in_flight[route] = self.in_flight.get(route, 0) + reserved
+        self.in_flight_output[route] = self.in_flight_output.get(route, 0) + output_reserved
         self.tenant_in_flight[tenant] = self.tenant_in_flight.get(tenant, 0) + 1
-        return Ticket(plan, decision, store, route, tenant, reserved, bill)
+        return Ticket(plan, decision, store, route, tenant, reserved, bill, output_reserved,
+                      time.monotonic())  # fmt: skip
 
     async def _admit(self, plan: Plan) -> tuple[Decision, Store]:
         return await self._store.admit(plan)
@@ -338,13 +348,15 @@ class Limiter:
             return
         ticket.settled = True
         delta = actual - ticket.reserved
-        self.in_flight[ticket.route] = self.in_flight.get(ticket.route, 0) - ticket.reserved
+        route = ticket.route
+        self.in_flight[route] = self.in_flight.get(route, 0) - ticket.reserved
+        self.in_flight_output[route] = self.in_flight_output.get(route, 0) - ticket.output_reserved
         left = self.tenant_in_flight.get(ticket.tenant, 0) - 1
         if left > 0:
             self.tenant_in_flight[ticket.tenant] = left
         else:
             self.tenant_in_flight.pop(ticket.tenant, None)
-        self.settled_share.setdefault(ticket.route, SettledShare()).observe(ticket.reserved, actual)
+        self._learn_share(ticket, actual, usage)
         spend, tally, bill = 0, None, ticket.bill
         if bill is not None:
             if usage is not None:
@@ -362,6 +374,22 @@ class Limiter:
         self._metrics.settled(ticket.route.label, ticket.tenant, actual, delta)
         if self.on_capacity is not None and (delta < 0 or ticket.route.max_concurrency):
             self.on_capacity(ticket.route)
+
+    def _learn_share(self, ticket: Ticket, actual: int, usage: Usage | None) -> None:
+        """What this settlement left of each part of its reservation, for the forecast. A
+        call settled on nothing was not sent (nothing waiting is like it); one without a
+        usage is split in proportion (an unknown outcome keeps the whole reservation)."""
+        if actual <= 0:
+            return
+        if usage is not None:
+            output = actual - usage.input_tokens - usage.cache_write_tokens
+        else:
+            output = ticket.output_reserved * actual // max(1, ticket.reserved)
+        share = self.settled_share.get(ticket.route)
+        if share is None:
+            share = self.settled_share[ticket.route] = SettledShare()
+        duration_ms = (time.monotonic() - ticket.admitted_at) * 1000
+        share.observe(ticket.reserved, ticket.output_reserved, actual, output, duration_ms)
 
     async def withdraw(self, ticket: Ticket) -> None:
         """Hand back an admission nobody will use (its waiter left as it came): settled on

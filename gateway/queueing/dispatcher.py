@@ -45,7 +45,7 @@ from gateway.limiter.service import (
     throttled,
 )
 from gateway.limiter.settled import SettledShare
-from gateway.queueing.fair import BATCH, INTERACTIVE, Entry, FairQueue
+from gateway.queueing.fair import BATCH, INTERACTIVE, Ahead, Entry, FairQueue
 from gateway.queueing.forecast import LET_IN_BIAS, REFUSE_BIAS, Capacity, refuse_on_arrival
 
 
@@ -64,6 +64,8 @@ class Waiter:
     """The last refusal: it names the limit the waiter is waiting for."""
     deadline: float = 0.0
     bill: Bill | None = None
+    output_reserved: int = 0
+    """The part of ``reserved`` held for the output."""
 
 
 async def _sleep_unless_woken(event: asyncio.Event, seconds: float | None) -> None:
@@ -108,22 +110,31 @@ class _Group:
             self.owner.limiter.settled_share.get(r, _NO_SHARE).trusted for r in self.routes
         )
 
-    def forecast_ms(self, ahead: int, cost: int, now: float, bias: float = 1.0) -> int | None:
+    def forecast_ms(self, ahead: Ahead, cost: int, now: float, bias: float = 1.0) -> int | None:
         """When a request of ``cost`` with ``ahead`` queued before it could be admitted, in
-        ms from ``now``, ``bias`` x what settlements are expected to leave of the reservations;
-        None when no denial has shown the routes' windows."""
+        ms from ``now``, the queue ahead charged ``bias`` x what settlements are expected to
+        leave of its reservations (on the route that leaves most); None when no denial has
+        shown the routes' windows."""
         if self.capacity is None:
             return None
         limiter = self.owner.limiter
-        share = bias * max(limiter.settled_share.get(r, _NO_SHARE).value for r in self.routes)
-        refunds = sum(limiter.in_flight.get(r, 0) for r in self.routes) * (1 - min(share, 1.0))
-        at = self.capacity.fits_at(ahead * share + cost, cost, refunds)
+        shares = [(r, limiter.settled_share.get(r, _NO_SHARE)) for r in self.routes]
+        charged = bias * max(share.charge(*ahead) for _, share in shares)
+        refunds = 0.0  # what this replica's calls in flight are expected to give back
+        for route, share in shares:
+            held = limiter.in_flight.get(route, 0)
+            refunds += held - share.charge(held, limiter.in_flight_output.get(route, 0))
+        delay_ms = int(max(share.duration_ms for _, share in shares))
+        delayed = max(0.0, ahead.cost - charged)  # what the queue ahead gives back as it settles
+        at = self.capacity.fits_at(
+            charged + cost, cost, max(0.0, refunds), delayed=delayed, delay_ms=delay_ms
+        )
         if at is None:
             return None
         store_now = self.capacity.now_ms + (now - self.seen_at) * 1000
         return max(0, int(at - store_now))
 
-    def hint_for(self, ahead: int, cost: int, now: float, denied: Denied | None = None) -> int:
+    def hint_for(self, ahead: Ahead, cost: int, now: float, denied: Denied | None = None) -> int:
         """The forecast; for a waiter ``denied`` by a limit the forecast does not model (its
         tenant's budgets, requests per minute, concurrency), no sooner than that limit said."""
         forecast = self.forecast_ms(ahead, cost, now)
@@ -140,16 +151,29 @@ class _Group:
         )
 
     def _rejudge(self, now: float) -> None:
-        """Answer now every waiter whose forecast is past its deadline."""
+        """Answer now every waiter whose forecast is past its deadline, and so confident it
+        would not fit even if settlements left less than expected and the waiters before it
+        in its flow that are unlikely to be admitted (their own expected forecast is past
+        their deadline) left the queue first: a waiter refused for one ahead of it that is
+        itself refused a moment later leaves room nobody takes."""
+        doubtful: dict[tuple[str, int], tuple[int, int]] = {}
         for entry, ahead in self.queue.in_order():
             waiter = entry.item
             if waiter.future.done():
                 continue
-            # confident: it would not fit even if settlements left less than expected
+            flow = (entry.tenant, entry.klass)
+            cost, output = doubtful.get(flow, (0, 0))
+            ahead = Ahead(max(0, ahead.cost - cost), max(0, ahead.output - output))
+            left_ms = (waiter.deadline - now) * 1000
             soonest = self.forecast_ms(ahead, entry.cost, now, REFUSE_BIAS)
-            if soonest is not None and soonest > (waiter.deadline - now) * 1000:
+            if soonest is not None and soonest > left_ms:
                 hint = self.hint_for(ahead, entry.cost, now, waiter.denied)
                 waiter.future.set_exception(_hopeless_now(waiter, hint, now))
+            else:
+                expected = self.forecast_ms(ahead, entry.cost, now)
+                if expected is None or expected <= left_ms:
+                    continue
+            doubtful[flow] = (cost + entry.cost, output + entry.output)
 
     def _unpark(self, now: float) -> float | None:
         """Let the parked flows whose time has come compete again; when the next one is due."""
@@ -187,8 +211,9 @@ class _Group:
         self.wake.clear()
         try:
             decision = await owner.limiter.admit(
-                waiter.member, waiter.tenant, waiter.routes, waiter.reserved, waiter.bill
-            )
+                waiter.member, waiter.tenant, waiter.routes, waiter.reserved, waiter.bill,
+                waiter.output_reserved,
+            )  # fmt: skip
         except GatewayError as exc:
             self.queue.cancel(entry)
             if not waiter.future.done():
@@ -252,16 +277,18 @@ class Queues:
     async def admit(
         self, member: str, tenant: str, group: str, routes: tuple[Route, ...], reserved: int,
         *, max_wait_s: float, batch: bool, bill: Bill | None = None,
-        gone: Callable[[], Awaitable[None]] | None = None,
+        gone: Callable[[], Awaitable[None]] | None = None, output_reserved: int = 0,
     ) -> tuple[Ticket, float]:  # fmt: skip
         """A ticket, and the seconds spent queued; raises Throttled past the deadline, and
         BudgetExhausted at once for a tenant's spent day or month budget. ``gone`` returns
         when the caller has left: watched only while the request waits, which then raises
-        Abandoned."""
+        Abandoned. ``output_reserved``: the part of ``reserved`` held for the output."""
         started = self.clock()
         state = self._groups.get(group)
         if state is None or not len(state.queue):
-            decision = await self.limiter.admit(member, tenant, routes, reserved, bill)
+            decision = await self.limiter.admit(
+                member, tenant, routes, reserved, bill, output_reserved
+            )
             if isinstance(decision, Ticket):
                 return decision, 0.0
             if self.closing or max_wait_s <= 0 or self.hopeless(decision, tenant, max_wait_s):
@@ -287,7 +314,8 @@ class Queues:
             if latest is not None and refuse_on_arrival(latest, budget_s * 1000):
                 raise _hopeless_refusal(denied, forecast, budget_s)
         future = asyncio.get_running_loop().create_future()
-        waiter = Waiter(member, tenant, routes, reserved, future, denied, now + budget_s, bill)
+        waiter = Waiter(member, tenant, routes, reserved, future, denied, now + budget_s, bill,
+                        output_reserved)  # fmt: skip
         ticket = await self._wait(state, waiter, budget_s, batch, gone)
         return ticket, self.clock() - started
 
@@ -298,13 +326,14 @@ class Queues:
         entry = state.queue.push(
             waiter, tenant=waiter.tenant, weight=self.weights.get(waiter.tenant, 1.0),
             klass=BATCH if batch else INTERACTIVE, cost=waiter.reserved,
+            output=waiter.output_reserved,
         )  # fmt: skip
         state.start()
         try:
             async with asyncio.timeout(max(0.0, budget_s)):
                 return await _admitted(waiter, gone)
         except TimeoutError:
-            ahead = state.queue.ahead_of(entry) if entry.queued else 0
+            ahead = state.queue.ahead_of(entry) if entry.queued else Ahead(0)
             state.queue.cancel(entry)
             if waiter.future.done() and not waiter.future.cancelled():
                 return waiter.future.result()  # admitted in the same instant: use it

@@ -26,13 +26,21 @@ import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 INTERACTIVE, BATCH = 0, 1
 
 FlowKey = tuple[str, int]
+
+
+class Ahead(NamedTuple):
+    """What the queue serves before an entry: its cost, and the part of it held for outputs
+    (entries' ``output``), which the forecast charges differently."""
+
+    cost: int
+    output: int = 0
 
 
 @dataclass(eq=False)
@@ -42,6 +50,8 @@ class Entry(Generic[T]):
     klass: int
     cost: int
     seq: int
+    output: int = 0
+    """The part of ``cost`` held for the output."""
     finish: float = 0.0
     """Its tag, once it is the first of its flow."""
     queued: bool = True
@@ -59,7 +69,9 @@ class _Flow(Generic[T]):
     entries: deque[Entry[T]] = field(default_factory=deque)
     parked: bool = False
     queued_cost: int = 0
-    """The cost of its entries still queued."""
+    """The cost of its entries still queued..."""
+    queued_output: int = 0
+    """...and the part of it held for outputs."""
 
 
 @dataclass
@@ -83,8 +95,11 @@ class FairQueue(Generic[T]):
         """Entries of ``klass`` waiting."""
         return self._live_by_class.get(klass, 0)
 
-    def push(self, item: T, *, tenant: str, weight: float, klass: int, cost: int) -> Entry[T]:
-        entry = Entry(item, tenant, klass, max(cost, 1), next(self._seq))
+    def push(
+        self, item: T, *, tenant: str, weight: float, klass: int, cost: int, output: int = 0
+    ) -> Entry[T]:
+        cost = max(cost, 1)
+        entry = Entry(item, tenant, klass, cost, next(self._seq), min(max(output, 0), cost))
         flow = self._flows.get((tenant, klass))
         if flow is None:
             start = max(self._virtual.get(klass, 0.0), self._last_finish.get((tenant, klass), 0.0))
@@ -92,6 +107,7 @@ class FairQueue(Generic[T]):
         flow.weight = weight
         flow.entries.append(entry)
         flow.queued_cost += entry.cost
+        flow.queued_output += entry.output
         self._live += 1
         self._live_by_class[klass] = self._live_by_class.get(klass, 0) + 1
         if len(flow.entries) == 1:
@@ -126,6 +142,7 @@ class FairQueue(Generic[T]):
         self._live_by_class[entry.klass] -= 1
         flow = self._flows[(entry.tenant, entry.klass)]
         flow.queued_cost -= entry.cost
+        flow.queued_output -= entry.output
         if flow.entries[0] is not entry:
             return  # dropped when it reaches the front
         while flow.entries and not flow.entries[0].queued:
@@ -154,60 +171,65 @@ class FairQueue(Generic[T]):
 
     # ---- what is served before whom (the forecast) -------------------------------------
 
-    def ahead(self, tenant: str, klass: int, weight: float, cost: int) -> int:
-        """The cost the queue would serve before a new entry of ``tenant`` and ``klass``: all of
+    def ahead(self, tenant: str, klass: int, weight: float, cost: int) -> Ahead:
+        """What the queue would serve before a new entry of ``tenant`` and ``klass``: all of
         its flow and of the classes above, and of every other flow of its class what that flow
         is served, by its weight, up to the new entry's finish tag."""
         key = (tenant, klass)
         flow = self._flows.get(key)
         if flow is None:
             start = max(self._virtual.get(klass, 0.0), self._last_finish.get(key, 0.0))
-            queued = 0
+            own = Ahead(0, 0)
         else:
-            start, queued = self._start(flow, klass), flow.queued_cost
-        return queued + self._others(key, start + (queued + max(cost, 1)) / weight)
+            start, own = self._start(flow, klass), Ahead(flow.queued_cost, flow.queued_output)
+        return _plus(own, self._others(key, start + (own.cost + max(cost, 1)) / weight))
 
-    def ahead_of(self, entry: Entry[T]) -> int:
-        """The cost the queue serves before ``entry``, which is queued."""
+    def ahead_of(self, entry: Entry[T]) -> Ahead:
+        """What the queue serves before ``entry``, which is queued."""
         key = (entry.tenant, entry.klass)
         flow = self._flows[key]
-        before = 0
+        before = Ahead(0, 0)
         for other in flow.entries:
             if other is entry:
                 break
-            before += other.cost if other.queued else 0
-        finish = self._start(flow, entry.klass) + (before + entry.cost) / flow.weight
-        return before + self._others(key, finish)
+            if other.queued:
+                before = Ahead(before.cost + other.cost, before.output + other.output)
+        finish = self._start(flow, entry.klass) + (before.cost + entry.cost) / flow.weight
+        return _plus(before, self._others(key, finish))
 
-    def in_order(self) -> list[tuple[Entry[T], int]]:
-        """Every queued entry with the cost served before it (``ahead_of`` of each)."""
+    def in_order(self) -> list[tuple[Entry[T], Ahead]]:
+        """Every queued entry with what is served before it (``ahead_of`` of each)."""
         result = []
         for key, flow in self._flows.items():
-            start, before = self._start(flow, key[1]), 0
+            start, cost, output = self._start(flow, key[1]), 0, 0
             for entry in flow.entries:
                 if entry.queued:
-                    finish = start + (before + entry.cost) / flow.weight
-                    result.append((entry, before + self._others(key, finish)))
-                    before += entry.cost
+                    finish = start + (cost + entry.cost) / flow.weight
+                    result.append((entry, _plus(Ahead(cost, output), self._others(key, finish))))
+                    cost, output = cost + entry.cost, output + entry.output
         return result
 
     def _start(self, flow: _Flow[T], klass: int) -> float:
         """A flow's start tag; a parked one competes again from V at the earliest."""
         return max(flow.start, self._virtual.get(klass, 0.0)) if flow.parked else flow.start
 
-    def _others(self, own: FlowKey, finish: float) -> int:
+    def _others(self, own: FlowKey, finish: float) -> Ahead:
         """What the flows other than ``own`` are served before virtual time ``finish`` in
-        ``own``'s class: all of a class above it, by weight within it."""
-        total = 0
+        ``own``'s class: all of a class above it, by weight within it (its output part in
+        proportion)."""
+        cost = output = 0
         for key, flow in self._flows.items():
             if key == own or key[1] > own[1]:
                 continue
             if key[1] < own[1]:
-                total += flow.queued_cost
+                cost, output = cost + flow.queued_cost, output + flow.queued_output
             else:
                 share = (finish - self._start(flow, key[1])) * flow.weight
-                total += min(flow.queued_cost, max(0, int(share)))
-        return total
+                served = min(flow.queued_cost, max(0, int(share)))
+                cost += served
+                if served and flow.queued_cost:
+                    output += flow.queued_output * served // flow.queued_cost
+        return Ahead(cost, output)
 
     def _compete(self, flow: _Flow[T]) -> None:
         first = flow.entries[0]
@@ -217,3 +239,7 @@ class FairQueue(Generic[T]):
     def _competing(self, entry: Entry[T]) -> bool:
         flow = self._flows.get((entry.tenant, entry.klass))
         return flow is not None and not flow.parked and flow.entries[0] is entry
+
+
+def _plus(a: Ahead, b: Ahead) -> Ahead:
+    return Ahead(a.cost + b.cost, a.output + b.output)

@@ -6,8 +6,17 @@ A denial of the queue's head reports the slots of each route's per-minute window
 window frees the same profile again every span (``limit`` tokens per span in all). A request
 with ``ahead`` tokens queued before it fits once the routes together have freed ahead + its own
 cost, and one route alone has room for its cost. ``ahead`` counts what the waiters before it
-will really be charged: their reservations times the share of a reservation settlements leave
-(``SettledShare``), less what this replica's requests in flight are expected to give back.
+will really be charged: the input estimates and the output caps of their reservations, each
+times the share of it settlements leave (``SettledShare``), less what this replica's requests
+in flight are expected to give back.
+
+What it cannot know is how much of their output caps the waiters ahead will use: for a window's
+worth of calls of 50-250 output tokens, about 800 tokens either way, more than one call. Where
+the window frees room steadily that is a fraction of a second; where it has freed all it will
+before a window later, it decides whether the request fits in this window or the next. A
+request the expected use lets in waits, and is refused once a fresh denial shows it will not
+fit (``REFUSE_BIAS``); one it keeps out is refused at once, with the next window as its hint,
+though the window may end with room for it. Either error is about one request a window.
 
 Pure: times are the store's milliseconds, passed in; no clock, no I/O.
 """
@@ -70,11 +79,17 @@ class Capacity:
     def per_span(self) -> int:
         return sum(view.limit for view in self.windows)
 
-    def fits_at(self, amount: float, cost: int, refunds: float = 0.0) -> int | None:
+    def fits_at(
+        self, amount: float, cost: int, refunds: float = 0.0, *, delayed: float = 0.0,
+        delay_ms: int = 0,
+    ) -> int | None:  # fmt: skip
         """The store time at which ``amount`` tokens (the queue ahead, as it will be charged,
         plus this request's ``cost``) have room across the routes, and one route has room for
         ``cost`` alone, once ``refunds`` (expected from requests in flight) came back; None: no
-        window to tell, or no route can ever hold ``cost``."""
+        window to tell, or no route can ever hold ``cost``. The queue ahead is admitted on its
+        full reservations and gives back ``delayed`` of them as its calls settle, each
+        ``delay_ms`` after it came in: room a slot frees and a call ahead takes comes back, in
+        part, only that much later (at a window's last slot, the wait for it)."""
         if not self.windows or self.per_span <= 0:
             return None
         alone = _tokens(cost - refunds)
@@ -86,15 +101,47 @@ class Capacity:
         if need == 0:
             return min(own)
         cycles, rest = divmod(need - 1, self.per_span)
-        together = _first(self._times, self._totals, rest + 1)
         if cycles:
+            together = _first(self._times, self._totals, rest + 1)
             # a later window frees what was admitted in this one a span after it came in, and
             # nothing is admitted before a request fits: the room there is now is not taken
             # (nor freed a span on) until the slots leaving have made it enough for one
             period = self.windows[0].span * self.windows[0].slot_ms
             head = _first(self._times, self._totals, min(cost, self.per_span))
             together = max(together, head) + cycles * period
+        else:
+            ahead = max(1.0, amount - cost)
+            together = self._first_settled(rest + 1, min(delayed, ahead), delayed / ahead,
+                                           delay_ms)  # fmt: skip
         return max(together, min(own))
+
+    def _first_settled(self, amount: int, pending_most: float, rate: float, delay_ms: int) -> int:
+        """The first time the room freed, less the refunds still pending then, reaches
+        ``amount``: what was freed in the last ``delay_ms`` was taken by calls whose refunds
+        (``rate`` x what they took, at most ``pending_most``) have not come back yet. Room
+        less pending never falls as time passes, so the first time is found by bisection over
+        the times it can change: a slot leaving, and a delay after it."""
+        times, totals = self._times, self._totals
+        if delay_ms <= 0 or pending_most <= 0:
+            return _first(times, totals, amount)
+
+        def freed(at: int) -> int:
+            index = bisect.bisect_right(times, at) - 1
+            return totals[index] if index >= 0 else 0
+
+        def settled(at: int) -> float:
+            recent = freed(at) - freed(at - delay_ms)
+            return freed(at) - min(pending_most, rate * recent)
+
+        candidates = sorted({*times, *(t + delay_ms for t in times)})
+        low, high = 0, len(candidates) - 1
+        while low < high:
+            middle = (low + high) // 2
+            if settled(candidates[middle]) >= amount:
+                high = middle
+            else:
+                low = middle + 1
+        return candidates[low]
 
 
 def _tokens(amount: float) -> int:
