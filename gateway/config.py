@@ -180,13 +180,12 @@ class QueueConfig(_Frozen):
     """How often a queue's head re-checks the shared store at the least (settlements in other
     replicas are not observed directly)."""
     refuse_when_hopeless: bool = False
-    """Off by default until its forecast is steadier (docs/benchmarks.md: in a 4x burst it
-    served 1 % fewer requests, its hint was off by up to 4x in one run of three, and with
-    several replicas it does not see the other replicas' queues). On: refuse at once
-    (ThrottlingException, its retry hint the forecast) a request the queue forecasts cannot
-    be admitted before its deadline, from the routes' windows, the cost queued ahead of it
-    and what settlements give back; waiters are judged again as the forecast
-    changes. Off: such a request waits until its deadline, then is refused."""
+    """On: refuse at once (ThrottlingException, its retry hint the forecast) a request the
+    queue forecasts cannot be admitted before its deadline, from the routes' windows, what the
+    calls queued ahead of it will be charged and what settlements give back; waiters are
+    judged again as the forecast changes. Off: such a request waits until its deadline, then
+    is refused. Off by default (README, "Honest refusals"): at a window's end its hint can be
+    a window too long, and with several replicas each sees only its own queue."""
 
 
 class CalibrationConfig(_Frozen):

@@ -309,10 +309,11 @@ class Queues:
                 limit="queue_full", reason="queue_full",
             )  # fmt: skip
         if self.refuse_when_hopeless and forecast is not None and state.trusted():
-            # let in only what fits even if settlements leave more than expected
+            # let in only what fits even if settlements leave more than expected; the hint
+            # is the same forecast: when it fits that surely
             latest = state.forecast_ms(ahead, reserved, now, LET_IN_BIAS)
             if latest is not None and refuse_on_arrival(latest, budget_s * 1000):
-                raise _hopeless_refusal(denied, forecast, budget_s)
+                raise _hopeless_refusal(denied, latest, budget_s)
         future = asyncio.get_running_loop().create_future()
         waiter = Waiter(member, tenant, routes, reserved, future, denied, now + budget_s, bill,
                         output_reserved)  # fmt: skip

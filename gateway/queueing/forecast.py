@@ -31,10 +31,11 @@ from gateway.limiter.core import WindowView
 MIN_MARGIN_MS = 250
 """A request is let in only with this much of its wait to spare before its deadline (the
 dispatcher's next try, the store's clock against this replica's)..."""
-LET_IN_BIAS = 1.0
-"""...and only if it fits with the queue ahead charged this much more than expected; a waiter
-is refused later only if it would not fit even with the queue ahead charged ``REFUSE_BIAS``
-x what is expected. Between the two, it waits: a forecast near a window's edge is unsure."""
+LET_IN_BIAS = 1.02
+"""...and only if it fits with the queue ahead charged this much more than expected (for a
+window's worth of calls, 1.5-2 x what their outputs vary by); a waiter is refused later
+only if it would not fit even with the queue ahead charged ``REFUSE_BIAS`` x what is expected.
+Between the two, it waits: a forecast near a window's edge is unsure."""
 REFUSE_BIAS = 0.95
 
 
